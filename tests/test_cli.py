@@ -1,0 +1,168 @@
+"""The ``tuner`` command: CliRunner for parsing and errors, real subprocesses for whole launches."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from click.testing import CliRunner
+from optuna.trial import TrialState
+
+from tuner.cli import main
+
+from .conftest import ROOT, SEARCH_SPACES, write
+from .test_spec import BAD, expected_error
+
+TUNER = str(Path(sys.executable).with_name("tuner"))
+OPTUNA = str(Path(sys.executable).with_name("optuna"))
+
+
+@pytest.mark.parametrize("path", SEARCH_SPACES, ids=lambda p: p.name)
+def test_validate_accepts_every_shipped_spec(path: Path) -> None:
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{path}: ok: ")
+    assert "optimizer {" in lines[0]
+
+
+@pytest.mark.parametrize("path", BAD, ids=lambda p: p.stem)
+def test_validate_rejects_a_bad_spec_with_one_line_and_exit_2(path: Path) -> None:
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr == f"error: {path}: {expected_error(path)}\n"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [BAD[0], *(p for p in BAD if p.stem in ("low_above_high", "missing_csv", "unknown_optimizer"))],
+    ids=lambda p: p.stem,
+)
+def test_launch_with_a_bad_spec_creates_nothing(path: Path, tmp_path: Path) -> None:
+    workdir = tmp_path / "work"
+    result = CliRunner().invoke(main, ["launch", str(path), "--workdir", str(workdir)])
+    assert result.exit_code == 2
+    assert result.stderr == f"error: {path}: {expected_error(path)}\n"
+    assert "Traceback" not in result.output
+    assert not workdir.exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--trials", "0"], "Invalid value for '--trials': 0 is not in the range x>=1."),
+        (["--epochs", "-1"], "Invalid value for '--epochs': -1 is not in the range x>=1."),
+        (
+            ["--name", "a b"],
+            "error: --name: must be letters, digits, '.', '_' or '-', starting with a letter or digit (got 'a b')",
+        ),
+        (
+            ["--storage", "not a url"],
+            "error: --storage: not a database URL, e.g. sqlite:///optuna.db (got 'not a url')",
+        ),
+    ],
+)
+def test_bad_options_exit_2_and_create_nothing(options: list[str], message: str, tmp_path: Path) -> None:
+    workdir = tmp_path / "work"
+    spec = str(ROOT / "search_spaces" / "adam.yaml")
+    result = CliRunner().invoke(main, ["launch", spec, "--workdir", str(workdir), *options])
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert not workdir.exists()
+
+
+def test_help_and_validate_import_nothing_heavy() -> None:
+    code = (
+        "import sys; from click.testing import CliRunner; from tuner.cli import main; "
+        f"r = CliRunner().invoke(main, ['validate', {str(SEARCH_SPACES[0])!r}]); assert r.exit_code == 0, r.output; "
+        "heavy = [m for m in ('tensorflow', 'ray', 'optuna', 'mlflow', 'keras', 'sklearn') if m in sys.modules]; "
+        "print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def launch(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([TUNER, "launch", *args], capture_output=True, text=True, timeout=600, **kwargs)
+
+
+def test_launch_end_to_end_with_json_and_the_optuna_cli(tmp_path: Path) -> None:
+    """The acceptance run: a real `tuner launch` process, then Optuna's own CLI on its storage."""
+    spec = ROOT / "search_spaces" / "optimizers.yaml"
+    done = launch(str(spec), "--trials", "6", "--epochs", "3", "--json", "--workdir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["study"] == "optimizers-digits"
+    assert summary["storage"] == f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert sum(summary["trials"].values()) == 6 and summary["trials"]["complete"] >= 1
+    assert set(summary["best"]) == {"number", "value", "params"} and summary["wall_seconds"] > 0
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "trial #" in done.stdout and "best trials by val_loss" in done.stdout
+
+    listed = subprocess.run(
+        [OPTUNA, "trials", "--study-name", summary["study"], "--storage", summary["storage"], "-f", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    trials = json.loads(listed.stdout)
+    assert len(trials) == 6
+    takes = {"sgd": {"momentum", "nesterov"}, "rmsprop": {"rho"}, "adam": {"beta_1", "beta_2"}}
+    for t in trials:
+        chosen = t["params"]["optimizer"]
+        names = {p.partition("/")[2] for p in t["params"] if p.startswith(f"{chosen}/")}
+        assert takes[chosen] <= names
+        others = [p for p in t["params"] if "/" in p and not p.startswith(f"{chosen}/")]
+        assert not others
+        if chosen == "sgd":
+            assert not {"beta_1", "rho"} & {p.partition("/")[2] for p in t["params"]}
+    best = summary["best"]
+    optuna_best = next(t for t in trials if t["number"] == best["number"])
+    assert optuna_best["value"] == best["value"] and optuna_best["state"] == "COMPLETE"
+
+
+def test_ctrl_c_stops_the_study_cleanly(tmp_path: Path) -> None:
+    spec = write(
+        tmp_path / "long.yaml",
+        "study: {name: long, trials: 40}\ntraining: {epochs: 30}\noptimizers: {adam: {}}\n",
+    )
+    proc = subprocess.Popen(
+        [TUNER, "launch", str(spec), "--workdir", str(tmp_path), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 180
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:  # wait until the first trial has finished
+        lines.append(line)
+        if line.startswith("[") or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert json.loads(out.strip().splitlines()[-1])["interrupted"] is True
+    study = optuna.load_study(study_name="long", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    states = [t.state for t in study.trials]
+    assert TrialState.RUNNING not in states and TrialState.COMPLETE in states
+    assert len(states) < 40
+    interrupted = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert all(t.user_attrs["fail_reason"] == "interrupted before it finished" for t in interrupted)
+
+
+def test_a_storage_optuna_cannot_open_is_exit_1_and_one_line(tmp_path: Path) -> None:
+    """A well-formed URL for a database that is not there is a failure of the surroundings, not bad input."""
+    spec = ROOT / "search_spaces" / "adam.yaml"
+    done = launch(str(spec), "--workdir", str(tmp_path), "--storage", "nosuchdb://x/y", "--trials", "1")
+    assert done.returncode == 1
+    assert done.stderr.strip().startswith("error: cannot open the Optuna storage nosuchdb://x/y")
+    assert len(done.stderr.strip().splitlines()) == 1

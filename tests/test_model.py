@@ -1,0 +1,104 @@
+"""The trainer itself, in-process with real TensorFlow."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tuner import model
+from tuner.data import Dataset, load_dataset
+from tuner.spec import parse_spec
+
+keras = model.keras
+
+
+@pytest.fixture(scope="module")
+def iris() -> Dataset:
+    return load_dataset(parse_spec({"data": {"dataset": "iris"}, "optimizers": {"adam": {}}}).data, seed=0)
+
+
+def config(**changes: Any) -> dict[str, Any]:
+    base = {"optimizer": "adam", "adam": {"learning_rate": 0.01}, "layers": 1, "units": 16, "activation": "relu"}
+    return {**base, "dropout": 0.0, "batch_size": 16, "epochs": 3, "seed": 7, **changes}
+
+
+def train(data: Dataset, cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    reports: list[dict[str, Any]] = []
+    model.train(data, cfg, reports.append)
+    return reports
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "expected"),
+    [
+        ("sgd", {}, {"learning_rate": 0.01, "momentum": 0.0, "nesterov": False}),
+        ("rmsprop", {"rho": 0.8}, {"learning_rate": 0.001, "rho": 0.8, "epsilon": 1e-7}),
+        ("adam", {"amsgrad": True}, {"learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.999, "amsgrad": True}),
+    ],
+)
+def test_unset_hyperparameters_keep_keras_defaults(name: str, params: dict, expected: dict) -> None:
+    optimizer = model.build_optimizer(name, params)
+    got = optimizer.get_config()
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value), key
+
+
+@pytest.mark.parametrize("name", ["sgd", "rmsprop", "adam"])
+def test_decay_is_the_classic_keras_decay(name: str) -> None:
+    """lr_t = lr / (1 + decay * t), t the number of updates so far."""
+    optimizer = model.build_optimizer(name, {"learning_rate": 0.1, "decay": 0.5})
+    var = keras.Variable(1.0)
+    rates = []
+    for _ in range(4):
+        rates.append(model.current_learning_rate(optimizer))
+        optimizer.apply_gradients([(keras.ops.convert_to_tensor(1.0), var)])
+    assert rates == pytest.approx([0.1 / (1 + 0.5 * t) for t in range(4)])
+
+
+def test_sgd_steps_by_the_decayed_rate() -> None:
+    optimizer = model.build_optimizer("sgd", {"learning_rate": 0.1, "decay": 1.0})
+    var = keras.Variable(0.0)
+    for _ in range(3):
+        optimizer.apply_gradients([(keras.ops.convert_to_tensor(1.0), var)])
+    assert float(var.numpy()) == pytest.approx(-(0.1 + 0.1 / 2 + 0.1 / 3))
+
+
+def test_training_reports_every_epoch(iris: Dataset) -> None:
+    reports = train(iris, config(epochs=3))
+    assert [r["epoch"] for r in reports] == [1, 2, 3]
+    assert set(reports[0]) == {"epoch", "loss", "val_loss", "accuracy", "val_accuracy", "lr"}
+    assert reports[-1]["loss"] < reports[0]["loss"]
+    assert all(math.isfinite(r["val_loss"]) for r in reports)
+
+
+def test_the_seed_fixes_the_result(iris: Dataset) -> None:
+    a, b, c = train(iris, config()), train(iris, config()), train(iris, config(seed=8))
+    assert [r["val_loss"] for r in a] == [r["val_loss"] for r in b]
+    assert [r["val_loss"] for r in a] != [r["val_loss"] for r in c]
+
+
+def test_regression_reports_mae() -> None:
+    data = load_dataset(parse_spec({"data": {"dataset": "diabetes"}, "optimizers": {"adam": {}}}).data, seed=0)
+    reports = train(data, config(epochs=1))
+    assert {"mae", "val_mae"} <= set(reports[0]) and "accuracy" not in reports[0]
+
+
+def test_a_diverging_loss_stops_training_and_reports_no_nan(iris: Dataset) -> None:
+    reports = train(iris, config(optimizer="sgd", sgd={"learning_rate": 1e6}, epochs=5))
+    assert len(reports) == 1
+    last = reports[-1]
+    assert last["stop_reason"].startswith("diverged: loss=") and last["stop_reason"].endswith("at epoch 1")
+    numbers = [v for v in last.values() if isinstance(v, float)]
+    assert all(math.isfinite(v) for v in numbers)
+    assert last["loss"] is None
+
+
+def test_layers_units_and_dropout_shape_the_model() -> None:
+    net = model.build_model(4, 3, layers=2, units=8, activation="tanh", dropout=0.5)
+    kinds = [type(layer).__name__ for layer in net.layers]
+    assert kinds == ["Dense", "Dropout", "Dense", "Dropout", "Dense"]
+    assert net.output_shape == (None, 3)
+    assert np.isclose(net.predict(np.zeros((2, 4), np.float32), verbose=0).sum(axis=1), 1).all()

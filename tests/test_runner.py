@@ -1,0 +1,92 @@
+"""run_study end to end on a real local Ray, a real SQLite Optuna storage and real Keras training."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tuner import run_study
+from tuner.spec import OPTIMIZERS, load_spec, parse_spec
+from tuner.trainable import train_trial
+
+from .conftest import ROOT
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def load_trials(result: Any) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=result.study, storage=result.storage).trials
+
+
+def test_optimizers_study_runs_and_optuna_holds_every_trial(tmp_path: Path) -> None:
+    spec = load_spec(ROOT / "search_spaces" / "optimizers.yaml").override(trials=6, epochs=2, concurrency=2)
+    seen: list[Any] = []
+    result = run_study(spec, workdir=tmp_path, progress=seen.append)
+
+    trials = load_trials(result)
+    assert result.storage == f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert len(trials) == 6 and sorted(o.number for o in seen) == list(range(6))
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert result.counts() == {"complete": 6, "pruned": 0, "failed": 0}
+    for t in trials:
+        chosen = t.params["optimizer"]
+        foreign = [p for p in t.params if "/" in p and not p.startswith(f"{chosen}/")]
+        assert not foreign, (chosen, foreign)
+        assert set(t.intermediate_values) == {1, 2} and t.value == t.intermediate_values[2]
+        assert t.user_attrs["epochs"] == 2 and isinstance(t.user_attrs["seed"], int)
+    best = min((t for t in trials), key=lambda t: t.value)
+    assert result.best is not None and result.best.number == best.number
+    assert result.to_json()["best"]["value"] == best.value
+    assert Path(result.experiment_path).is_dir()
+
+
+def test_a_trial_that_raises_is_failed_and_the_study_goes_on(tmp_path: Path) -> None:
+    def flaky(config: dict[str, Any], data: Any, threads: int = 1) -> None:
+        if config["trial_number"] == 1:
+            raise RuntimeError("boom in trial 1")
+        train_trial(config, data, threads)
+
+    spec = parse_spec({"study": {"name": "flaky", "trials": 3}, "training": {"epochs": 1}, "optimizers": {"adam": {}}})
+    result = run_study(spec, workdir=tmp_path, trainable=flaky)
+    states = {t.number: t for t in load_trials(result)}
+    assert states[1].state == TrialState.FAIL
+    assert states[1].user_attrs["fail_reason"] == "RuntimeError: boom in trial 1"
+    assert states[0].state == states[2].state == TrialState.COMPLETE
+    assert result.counts() == {"complete": 2, "pruned": 1 - 1, "failed": 1}
+
+
+def test_diverging_trials_are_pruned_and_nan_never_reaches_optuna(tmp_path: Path) -> None:
+    spec = parse_spec(
+        {
+            "study": {"name": "diverge", "trials": 4},
+            "training": {"epochs": 8},
+            "optimizers": {"sgd": {"learning_rate": {"low": 5.0, "high": 50.0}}},
+        }
+    )
+    result = run_study(spec, workdir=tmp_path)
+    for t in load_trials(result):
+        assert t.state == TrialState.PRUNED
+        assert t.user_attrs["stop_reason"].startswith("diverged: ")
+        assert t.user_attrs["epochs"] <= 2
+        assert all(math.isfinite(v) for v in t.intermediate_values.values())
+    assert result.best is None and result.counts()["pruned"] == 4
+
+
+def test_regression_study_on_diabetes(tmp_path: Path) -> None:
+    spec = parse_spec(
+        {
+            "study": {"name": "reg", "trials": 2, "metric": "val_mae"},
+            "data": {"dataset": "diabetes"},
+            "training": {"epochs": 2},
+            "optimizers": {"rmsprop": {"learning_rate": {"low": 1e-3, "high": 1e-2, "log": True}}},
+        }
+    )
+    result = run_study(spec, workdir=tmp_path)
+    assert result.counts()["complete"] == 2 and result.mode == "min"
+    assert all(set(t.params) == {"optimizer", "learning_rate"} for t in result.trials)
+    assert set(OPTIMIZERS["rmsprop"]) >= {"learning_rate"}

@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from tuner.errors import SpecError, UsageError
+from tuner.spec import Choice, Range, load_spec, parse_spec
+
+from .conftest import SEARCH_SPACES, write
+
+BAD = sorted((Path(__file__).parent / "bad_specs").glob("*.yaml"))
+
+
+def expected_error(path: Path) -> str:
+    first = path.read_text().splitlines()[0] if path.stat().st_size else ""
+    assert first.startswith("# error: "), f"{path.name} must start with '# error: <message>'"
+    return first.removeprefix("# error: ").replace("{here}", str(path.parent))
+
+
+@pytest.mark.parametrize("path", SEARCH_SPACES, ids=lambda p: p.name)
+def test_every_shipped_spec_is_valid(path: Path) -> None:
+    spec = load_spec(path)
+    assert spec.study.trials >= 1 and spec.optimizers
+
+
+def test_the_bad_corpus_is_large_enough() -> None:
+    assert len(BAD) >= 25
+
+
+@pytest.mark.parametrize("path", BAD, ids=lambda p: p.stem)
+def test_bad_spec_message_is_exact(path: Path) -> None:
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert str(info.value) == f"{path}: {expected_error(path)}"
+
+
+def test_optimizers_yaml_keeps_each_optimizer_to_its_own_hyperparameters() -> None:
+    spec = load_spec(Path(__file__).parent.parent / "search_spaces" / "optimizers.yaml")
+    assert [o.name for o in spec.optimizers] == ["sgd", "rmsprop", "adam"]
+    assert {k for k, _ in spec.optimizer("sgd").params} == {"learning_rate", "momentum", "nesterov", "decay"}
+    lr = dict(spec.optimizer("adam").params)["learning_rate"]
+    assert lr == Range(1e-4, 1e-1, log=True)
+    assert dict(spec.searched())["units"] == Choice((64, 128))
+    assert dict(spec.searched())["layers"] == Range(1, 2, integer=True)
+
+
+def test_values_fixed_range_and_choice(tmp_path: Path) -> None:
+    spec = load_spec(
+        write(
+            tmp_path / "s.yaml",
+            """
+optimizers:
+  sgd:
+    learning_rate: 1e-2          # YAML 1.2 number, which PyYAML alone reads as a string
+    momentum: {low: 0, high: 0.9, step: 0.1}
+    nesterov: {choice: [true, false]}
+model:
+  units: {low: 32, high: 256, log: true}
+""",
+        )
+    )
+    params = dict(spec.optimizer("sgd").params)
+    assert params["learning_rate"] == 0.01
+    assert params["momentum"] == Range(0.0, 0.9, step=0.1)
+    assert params["nesterov"] == Choice((True, False))
+    assert spec.model.units == Range(32, 256, log=True, integer=True)
+
+
+def test_defaults_and_name_from_file(tmp_path: Path) -> None:
+    spec = load_spec(write(tmp_path / "my search.yaml", "optimizers: {adam: }\n"))
+    assert spec.study.name == "my-search"
+    assert (spec.study.metric, spec.study.mode, spec.study.sampler, spec.study.seed) == ("val_loss", "min", "tpe", 0)
+    assert spec.data.dataset == "digits" and spec.data.task == "classification"
+    assert spec.optimizer("adam").params == ()
+
+
+def test_mode_follows_the_metric(tmp_path: Path) -> None:
+    spec = load_spec(write(tmp_path / "s.yaml", "study: {metric: val_accuracy}\noptimizers: {adam: {}}\n"))
+    assert spec.study.mode == "max"
+
+
+@pytest.mark.parametrize(
+    ("csv_text", "task"),
+    [
+        ("a,b,y\n1,2,cat\n3,4,dog\n", "classification"),
+        ("a,b,y\n1,2,0\n3,4,1\n", "classification"),
+        ("a,b,y\n1,2,0.5\n3,4,1.25\n", "regression"),
+    ],
+)
+def test_csv_task_is_inferred(tmp_path: Path, csv_text: str, task: str) -> None:
+    write(tmp_path / "d.csv", csv_text)
+    spec = load_spec(write(tmp_path / "s.yaml", "data: {dataset: 'csv:d.csv', target: y}\noptimizers: {adam: {}}\n"))
+    assert spec.data.task == task
+    assert spec.data.path == str(tmp_path / "d.csv")
+
+
+def test_csv_with_text_features_is_refused(tmp_path: Path) -> None:
+    write(tmp_path / "d.csv", "a,b,y\n1,2,0\n3,x,1\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(write(tmp_path / "s.yaml", "data: {dataset: 'csv:d.csv', target: y}\noptimizers: {adam: {}}\n"))
+    assert str(info.value).endswith(
+        f"data.dataset: {tmp_path / 'd.csv'} line 3, column 'b': features must be finite numbers (got 'x')"
+    )
+
+
+def test_npz_needs_x_and_y(tmp_path: Path) -> None:
+    import numpy as np
+
+    np.savez(tmp_path / "d.npz", features=np.zeros((4, 2)))
+    with pytest.raises(SpecError, match=r"must hold arrays named x and y \(found: features\)"):
+        load_spec(write(tmp_path / "s.yaml", "data: {dataset: 'npz:d.npz'}\noptimizers: {adam: {}}\n"))
+
+
+def test_spec_is_frozen(tmp_path: Path) -> None:
+    spec = load_spec(write(tmp_path / "s.yaml", "optimizers: {adam: {}}\n"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.study.trials = 3  # type: ignore[misc]
+
+
+def test_override_applies_and_checks_the_name(tmp_path: Path) -> None:
+    spec = load_spec(write(tmp_path / "s.yaml", "optimizers: {adam: {}}\n"))
+    changed = spec.override(trials=3, epochs=2, seed=7, name="other", concurrency=None)
+    assert (changed.study.trials, changed.training.epochs, changed.study.seed, changed.study.name) == (3, 2, 7, "other")
+    assert changed.study.concurrency is None and spec.study.trials == 20
+    with pytest.raises(UsageError) as info:
+        spec.override(name="a b")
+    assert (
+        str(info.value)
+        == "--name: must be letters, digits, '.', '_' or '-', starting with a letter or digit (got 'a b')"
+    )
+
+
+def test_describe_names_the_searched_space() -> None:
+    spec = parse_spec(
+        {"optimizers": {"sgd": {"learning_rate": {"low": 0.01, "high": 1.0, "log": True}}}}, source="x.yaml"
+    )
+    assert spec.describe() == (
+        "x: optimizer {sgd} + 1 hyperparameter (sgd/learning_rate [0.01, 1] log); digits (classification), "
+        "20 epochs; 20 trials, tpe sampler, min val_loss"
+    )
+
+
+def test_missing_file() -> None:
+    with pytest.raises(SpecError) as info:
+        load_spec("no/such.yaml")
+    assert str(info.value) == "no/such.yaml: cannot read the file: No such file or directory"

@@ -1,0 +1,133 @@
+"""The ``tuner`` command. Each command parses, calls one function, prints.
+
+Exit codes: 0 success; 2 bad input (a spec or an option); 1 anything else; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from tuner import __version__
+from tuner.errors import TunerError
+from tuner.spec import load_spec
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _errors(command: F) -> F:
+    """Turn a TunerError into one line on stderr and its exit code; anything else into exit 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        verbose = bool(kwargs.get("verbose"))
+        try:
+            return command(*args, **kwargs)
+        except TunerError as exc:
+            if verbose:
+                traceback.print_exc()
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except Exception as exc:  # the CLI's last line of defence
+            if verbose:
+                traceback.print_exc()
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            hint = "" if verbose else " (run with --verbose for the full trace)"
+            click.echo(f"error: {type(exc).__name__}: {first}{hint}", err=True)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tuner")
+def main() -> None:
+    """Hyperparameter search for Keras models: Optuna proposes, Ray Tune trains, MLflow records."""
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@_errors
+def validate(spec: str) -> None:
+    """Check SPEC and describe its search space in one line (exit 2 with the error if it is invalid)."""
+    click.echo(f"{spec}: ok: {load_spec(spec).describe()}")
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--trials", type=click.IntRange(min=1), help="Number of trials (overrides study.trials).")
+@click.option("--concurrency", type=click.IntRange(min=1), help="Trials at once (default: one per CPU).")
+@click.option("--epochs", type=click.IntRange(min=1), help="Epochs per trial (overrides training.epochs).")
+@click.option("--seed", type=click.IntRange(min=0), help="Seed of the sampler, the split and the trials.")
+@click.option("--name", help="Study name (overrides study.name).")
+@click.option("--storage", metavar="OPTUNA_URL", help="Optuna storage [default: sqlite:///WORKDIR/optuna.db].")
+@click.option("--address", metavar="RAY_ADDRESS", help="Ray cluster to run on [default: RAY_ADDRESS or local].")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    default=".",
+    show_default=True,
+    help="Where the run writes everything.",
+)
+@click.option("--json", "as_json", is_flag=True, help="End stdout with one JSON object describing the result.")
+@click.option("--verbose", "-v", is_flag=True, help="Show Ray's and TensorFlow's output and full tracebacks.")
+@_errors
+def launch(
+    spec: str,
+    trials: int | None,
+    concurrency: int | None,
+    epochs: int | None,
+    seed: int | None,
+    name: str | None,
+    storage: str | None,
+    address: str | None,
+    workdir: str,
+    as_json: bool,
+    verbose: bool,
+) -> None:
+    """Run the study SPEC describes and print its best trials."""
+    loaded = load_spec(spec).override(trials=trials, concurrency=concurrency, epochs=epochs, seed=seed, name=name)
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from rich.console import Console
+
+    from tuner import report
+    from tuner.runner import run_study
+
+    done = 0
+
+    def progress(outcome: Any) -> None:
+        nonlocal done
+        done += 1
+        click.echo(report.trial_line(outcome, loaded.study.metric, done, loaded.planned_trials))
+
+    result = run_study(
+        loaded,
+        workdir=workdir,
+        storage=storage,
+        address=address,
+        verbose=verbose,
+        progress=progress,
+        announce=click.echo,
+    )
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console.width = 200
+    console.print(report.best_table(result))
+    click.echo(report.summary_line(result))
+    click.echo(f"inspect with: optuna trials --study-name {result.study} --storage {result.storage}")
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+    if result.interrupted:
+        click.echo("interrupted: unfinished trials were recorded as failed", err=True)
+        sys.exit(130)

@@ -1,0 +1,219 @@
+"""Built-in and user datasets as numpy arrays: split with a seed, standardised on the training part.
+
+No TensorFlow here: the driver loads the data once and Ray's object store hands it to every worker.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tuner.errors import SpecError
+
+if TYPE_CHECKING:
+    from tuner.spec import Data
+
+__all__ = ["DataFileError", "Dataset", "csv_columns", "load_dataset", "resolve_task"]
+
+#: An integer target with at most this many distinct values is read as class labels.
+MAX_INFERRED_CLASSES = 20
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Arrays ready to train on. Labels are 0..n_classes-1 for classification; n_classes is 0 for regression."""
+
+    name: str
+    task: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    n_classes: int
+
+    @property
+    def n_features(self) -> int:
+        return int(self.x_train.shape[1])
+
+    def describe(self) -> str:
+        return f"{self.name}: {len(self.x_train)} train / {len(self.x_val)} validation, {self.n_features} features"
+
+
+class DataFileError(Exception):
+    """A user's data file breaks a rule; spec validation turns it into a located :class:`SpecError`."""
+
+    def __init__(self, key: str, rule: str, got: Any) -> None:
+        super().__init__(f"{key}: {rule}")
+        self.key, self.rule, self.got = key, rule, got
+
+
+def load_dataset(data: Data, *, seed: int, source: str = "<spec>") -> Dataset:
+    """Load, split (seeded; stratified for classification) and standardise a dataset.
+
+    Args:
+        data: the validated ``data`` section of a spec.
+        seed: seeds the validation split (and ``synthetic`` unless it has its own seed).
+        source: the spec file, named in errors.
+
+    Raises:
+        SpecError: a user file that cannot be read as a dataset.
+    """
+    try:
+        x, y, task = _arrays(data, seed)
+    except DataFileError as exc:
+        raise SpecError(source, exc.key, exc.rule, exc.got) from None
+    classes = 0
+    if task == "classification":
+        _, y = np.unique(y, return_inverse=True)
+        classes = int(y.max()) + 1
+        y = y.astype(np.int32)
+    else:
+        y = np.asarray(y, dtype=np.float32)
+    x = np.asarray(x, dtype=np.float32)
+    x_train, x_val, y_train, y_val = _split(x, y, data.validation_split, seed, stratify=classes > 0)
+    mean = x_train.mean(axis=0)
+    std = x_train.std(axis=0)
+    std[std == 0] = 1.0
+    x_train = ((x_train - mean) / std).astype(np.float32)
+    x_val = ((x_val - mean) / std).astype(np.float32)
+    return Dataset(data.label, task, x_train, y_train, x_val, y_val, classes)
+
+
+def _arrays(data: Data, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+    if data.dataset == "csv":
+        assert data.path is not None and data.target is not None
+        x, y = _read_csv(Path(data.path), data.target)
+        return x, y, data.task
+    if data.dataset == "npz":
+        assert data.path is not None
+        x, y = _read_npz(Path(data.path))
+        return x, y, data.task
+    if data.dataset == "synthetic":
+        from sklearn.datasets import make_classification
+
+        x, y = make_classification(
+            n_samples=data.n_samples,
+            n_features=data.n_features,
+            n_informative=data.n_features,
+            n_redundant=0,
+            n_repeated=0,
+            n_classes=data.n_classes,
+            n_clusters_per_class=1,
+            random_state=seed if data.seed is None else data.seed,
+        )
+        return x, y, "classification"
+    from sklearn import datasets
+
+    x, y = getattr(datasets, f"load_{data.dataset}")(return_X_y=True)
+    return x, y, data.task
+
+
+def _split(
+    x: np.ndarray, y: np.ndarray, fraction: float, seed: int, *, stratify: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    n_val = math.ceil(len(x) * fraction)
+    can_stratify = stratify and np.bincount(y).min() >= 2 and n_val >= len(np.unique(y))
+    parts = train_test_split(x, y, test_size=fraction, random_state=seed, stratify=y if can_stratify else None)
+    return parts[0], parts[1], parts[2], parts[3]
+
+
+# --------------------------------------------------------------------------------------------- user files
+
+
+def csv_columns(path: Path) -> list[str]:
+    with path.open(newline="", encoding="utf-8") as f:
+        return next(csv.reader(f), [])
+
+
+def _read_csv(path: Path, target: str) -> tuple[np.ndarray, np.ndarray]:
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        raise DataFileError("data.dataset", f"{path} is empty", f"csv:{path}")
+    header, body = rows[0], [r for r in rows[1:] if r]
+    if target not in header:
+        import difflib
+
+        close = difflib.get_close_matches(target, header, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        rule = f"no such column in {path.name}{hint} (columns: {', '.join(header)})"
+        raise DataFileError("data.target", rule, target)
+    if not body:
+        raise DataFileError("data.dataset", f"{path} has a header but no rows", f"csv:{path}")
+    t = header.index(target)
+    features = [i for i in range(len(header)) if i != t]
+    if not features:
+        raise DataFileError("data.dataset", f"{path} has no feature columns besides {target!r}", f"csv:{path}")
+    x = np.empty((len(body), len(features)), dtype=np.float64)
+    y: list[str] = []
+    for n, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            rule = f"{path} line {n} has {len(row)} fields, the header {len(header)}"
+            raise DataFileError("data.dataset", rule, f"csv:{path}")
+        for j, i in enumerate(features):
+            try:
+                x[n - 2, j] = float(row[i])
+            except ValueError:
+                x[n - 2, j] = math.nan
+            if not math.isfinite(x[n - 2, j]):
+                rule = f"{path} line {n}, column {header[i]!r}: features must be finite numbers"
+                raise DataFileError("data.dataset", rule, row[i]) from None
+        y.append(row[t])
+    return x, _labels(y)
+
+
+def _labels(values: list[str]) -> np.ndarray:
+    try:
+        numbers = np.array([float(v) for v in values])
+    except ValueError:
+        return np.array(values)
+    if np.all(np.isfinite(numbers)) and np.all(numbers == np.round(numbers)):
+        return numbers.astype(np.int64)
+    return numbers
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {k: archive[k] for k in archive.files}
+    except (OSError, ValueError) as exc:
+        raise DataFileError("data.dataset", f"{path} is not a readable .npz file: {exc}", f"npz:{path}") from None
+    if "x" not in arrays or "y" not in arrays:
+        found = ", ".join(arrays) or "none"
+        raise DataFileError("data.dataset", f"{path} must hold arrays named x and y (found: {found})", f"npz:{path}")
+    x, y = arrays["x"], arrays["y"]
+    if x.ndim != 2 or y.ndim != 1 or len(x) != len(y):
+        rule = f"{path}: x must be 2-D (examples x features) and y 1-D of the same length"
+        raise DataFileError("data.dataset", rule, f"x {x.shape}, y {y.shape}")
+    if not np.issubdtype(x.dtype, np.number) or not np.all(np.isfinite(x)):
+        raise DataFileError("data.dataset", f"{path}: x must hold finite numbers", str(x.dtype))
+    return x, y
+
+
+def resolve_task(kind: str, path: Path, target: str | None, task: str | None) -> str:
+    """The task of a user file: ``task`` if given (and possible), else ``classification`` when the target
+    is text or has few integer values, ``regression`` otherwise.
+
+    Raises:
+        DataFileError: the file cannot be read as a dataset, or cannot serve the given task.
+    """
+    if kind == "csv":
+        assert target is not None
+        _, y = _read_csv(path, target)
+    else:
+        _, y = _read_npz(path)
+    numeric = np.issubdtype(y.dtype, np.number) and y.dtype != np.bool_
+    if task == "regression" and not numeric:
+        raise DataFileError("data.task", "a regression target must hold numbers; this one holds text", task)
+    if task is not None:
+        return task
+    if not numeric or (np.issubdtype(y.dtype, np.integer) and len(np.unique(y)) <= MAX_INFERRED_CLASSES):
+        return "classification"
+    return "regression"

@@ -1,0 +1,268 @@
+"""``run_study``: wires a spec, the Optuna search, Ray Tune and the trainable together, on the driver.
+
+The driver owns every piece of state (the Optuna study, the records); workers only train and report.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from ray import tune
+
+from tuner.data import Dataset, load_dataset
+from tuner.errors import TunerError
+from tuner.search import (
+    FailureReasons,
+    StudySearch,
+    TrialOutcome,
+    check_compatible,
+    check_storage_url,
+    make_sampler,
+    open_storage,
+)
+from tuner.spec import Spec
+from tuner.trainable import STOP_REASON, train_trial
+
+__all__ = ["StudyResult", "run_study"]
+
+#: Environment every worker gets: quiet TensorFlow, Keras on TensorFlow.
+WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow", "PYTHONWARNINGS": "ignore"}
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """What a launch did: its trials as Optuna records them, best first."""
+
+    study: str
+    storage: str
+    metric: str
+    mode: str
+    trials: tuple[TrialOutcome, ...]
+    wall_seconds: float
+    experiment_path: str
+    interrupted: bool = False
+
+    def counts(self) -> dict[str, int]:
+        states = [t.state for t in self.trials]
+        return {state: states.count(state) for state in ("complete", "pruned", "failed")}
+
+    def ranked(self) -> list[TrialOutcome]:
+        """Complete trials best first, then the others by number."""
+        sign = 1.0 if self.mode == "min" else -1.0
+        done = sorted((t for t in self.trials if t.value is not None), key=lambda t: sign * (t.value or 0.0))
+        return done + [t for t in self.trials if t.value is None]
+
+    @property
+    def best(self) -> TrialOutcome | None:
+        ranked = self.ranked()
+        return ranked[0] if ranked and ranked[0].value is not None else None
+
+    def to_json(self) -> dict[str, Any]:
+        best = self.best
+        return {
+            "study": self.study,
+            "storage": self.storage,
+            "trials": self.counts(),
+            "best": None if best is None else {"number": best.number, "value": best.value, "params": best.params},
+            "wall_seconds": round(self.wall_seconds, 3),
+            "metric": self.metric,
+            "mode": self.mode,
+            "interrupted": self.interrupted,
+        }
+
+
+def run_study(
+    spec: Spec,
+    *,
+    workdir: str | Path = ".",
+    storage: str | None = None,
+    address: str | None = None,
+    verbose: bool = False,
+    progress: Callable[[TrialOutcome], None] | None = None,
+    announce: Callable[[str], None] | None = None,
+    trainable: Callable[..., None] = train_trial,
+) -> StudyResult:
+    """Run the study a spec describes and return its trials.
+
+    Args:
+        spec: a validated spec (see :func:`tuner.load_spec`), with any overrides applied.
+        workdir: where everything the run writes goes (Optuna's SQLite file, Ray Tune's results).
+        storage: Optuna storage URL; default ``sqlite:///WORKDIR/optuna.db``.
+        address: Ray address (``auto``, ``ray://host:10001``); default a local Ray (or ``RAY_ADDRESS``).
+        verbose: let Ray and TensorFlow speak.
+        progress: called on the driver with each trial's outcome as it ends.
+        announce: called once with a line describing the study about to run.
+        trainable: the function each trial runs, ``(config, data, threads)``; tuner's Keras trainer unless
+            you bring your own.
+
+    Raises:
+        SpecError: the data the spec names cannot be loaded (nothing has been created).
+        TunerError: the study could not run.
+    """
+    started = time.monotonic()
+    workdir = Path(workdir).resolve()
+    dataset = load_dataset(spec.data, seed=spec.study.seed, source=spec.source)
+    sampler = make_sampler(spec.study.sampler, spec.study.seed)
+    storage_url = check_storage_url(storage or f"sqlite:///{workdir / 'optuna.db'}")
+    trials = spec.planned_trials
+
+    _quiet(verbose)
+    workdir.mkdir(parents=True, exist_ok=True)
+    optuna_storage = open_storage(storage_url)
+    check_compatible(optuna_storage, spec)
+    own_ray = not ray.is_initialized()
+    if own_ray:
+        _init_ray(address, verbose)
+    try:
+        concurrency = spec.study.concurrency or _default_concurrency(spec)
+        if announce:
+            announce(
+                f"study {spec.study.name}: {trials} trials, {concurrency} at a time, {spec.study.sampler} sampler "
+                f"(seed {spec.study.seed}); {dataset.describe()}; {spec.study.mode} {spec.study.metric}\n"
+                f"optuna storage: {storage_url}"
+            )
+        search = StudySearch(spec, storage=optuna_storage, sampler=sampler)
+        experiment = workdir / "ray_results" / f"{spec.study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        interrupted = _tune(spec, search, trainable, dataset, experiment, trials, concurrency, progress)
+    finally:
+        if own_ray:
+            ray.shutdown()
+    numbers = set(search.numbers())
+    return StudyResult(
+        study=spec.study.name,
+        storage=storage_url,
+        metric=spec.study.metric,
+        mode=spec.study.mode,
+        trials=tuple(TrialOutcome.from_frozen(t) for t in search.study.get_trials() if t.number in numbers),
+        wall_seconds=time.monotonic() - started,
+        experiment_path=str(experiment),
+        interrupted=interrupted,
+    )
+
+
+def _tune(
+    spec: Spec,
+    search: StudySearch,
+    trainable: Callable[..., None],
+    dataset: Dataset,
+    experiment: Path,
+    trials: int,
+    concurrency: int,
+    progress: Callable[[TrialOutcome], None] | None,
+) -> bool:
+    """Run the trials through Ray Tune; returns whether the run was interrupted."""
+    threads = max(1, int(spec.resources.cpus_per_trial))
+    resourced = tune.with_resources(
+        tune.with_parameters(trainable, data=dataset, threads=threads),
+        {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
+    )
+    tuner = tune.Tuner(
+        resourced,
+        tune_config=tune.TuneConfig(
+            search_alg=search,
+            num_samples=trials,
+            max_concurrent_trials=concurrency,
+            reuse_actors=True,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=experiment.name,
+            storage_path=str(experiment.parent),
+            stop=_StopOnReason(STOP_REASON),
+            callbacks=[FailureReasons(search), _Progress(search, progress)],
+            verbose=0,
+        ),
+    )
+    interrupted = False
+    try:
+        tuner.fit()
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        # Ctrl-C ends Tune's loop with trials still running; Optuna hears of each one.
+        left = search.close("interrupted before it finished")
+    return interrupted or bool(left)
+
+
+def _trial_name(trial: Any) -> str:
+    return f"trial-{trial.trial_id}"
+
+
+class _StopOnReason(tune.Stopper):
+    """A Tune stopper: a result carrying a stop reason ends its trial before any scheduler or searcher
+    sees that result (it holds no finite metric to compare)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return bool(result.get(self.key))
+
+    def stop_all(self) -> bool:
+        return False
+
+
+class _Progress(tune.Callback):
+    """Passes each trial's outcome, as told to Optuna, to the caller's ``progress`` function."""
+
+    def __init__(self, search: StudySearch, emit: Callable[[TrialOutcome], None] | None) -> None:
+        self._search, self._emit = search, emit
+
+    def _done(self, trial: Any) -> None:
+        outcome = self._search.outcomes.get(trial.trial_id)
+        if outcome is not None and self._emit is not None:
+            self._emit(outcome)
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._done(trial)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._done(trial)
+
+
+def _quiet(verbose: bool) -> None:
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
+    if not verbose:
+        # Tune's newer console output prints its configuration box whatever the verbosity; the classic
+        # reporter honours verbose=0. tuner prints its own line per trial.
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+        # A failed trial's error is printed once, by tuner, as one line.
+        os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] = "0"
+        for name in ("ray", "ray.tune", "ray.train", "ray.data"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        warnings.filterwarnings("ignore", module="ray")
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def _init_ray(address: str | None, verbose: bool) -> None:
+    kwargs: dict[str, Any] = {
+        "log_to_driver": verbose,
+        "logging_level": logging.INFO if verbose else logging.ERROR,
+        "runtime_env": {"env_vars": dict(WORKER_ENV)},
+    }
+    if not (address or os.environ.get("RAY_ADDRESS")):
+        kwargs["include_dashboard"] = False
+    try:
+        ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = address or os.environ.get("RAY_ADDRESS") or "a local Ray"
+        raise TunerError(f"cannot start or reach Ray at {where}: {str(exc).splitlines()[0]}") from None
+
+
+def _default_concurrency(spec: Spec) -> int:
+    """One trial per CPU the cluster has for trials (and per GPU share, when trials take GPUs)."""
+    resources = ray.cluster_resources()
+    slots = resources.get("CPU", 1) // spec.resources.cpus_per_trial
+    if spec.resources.gpus_per_trial:
+        slots = min(slots, resources.get("GPU", 0) // spec.resources.gpus_per_trial)
+    return max(1, int(slots))

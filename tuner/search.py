@@ -1,0 +1,300 @@
+"""Ray Tune's OptunaSearch, telling Optuna the truth about every trial, and the study's storage.
+
+Stock ``OptunaSearch`` tells Optuna COMPLETE for any trial that reported a value, even one stopped after
+two of its twenty epochs, and reports whatever number arrives, NaN included. Here a trial is COMPLETE only
+when it trained every epoch, PRUNED when it stopped early (the reason kept as a user attribute), and FAIL
+when it raised; a non-finite number never reaches Optuna.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.trial import TrialState
+from ray import tune
+from ray.tune.search.optuna import OptunaSearch
+
+from tuner.errors import TunerError, UsageError
+from tuner.space import SearchSpace, plain_params
+from tuner.trainable import STOP_REASON
+
+if TYPE_CHECKING:
+    from ray.tune.experiment import Trial
+
+    from tuner.spec import Spec
+
+__all__ = [
+    "STATES",
+    "FailureReasons",
+    "StudySearch",
+    "TrialOutcome",
+    "check_storage_url",
+    "make_sampler",
+    "open_storage",
+]
+
+#: Optuna's states in the words tuner prints, tags and counts.
+STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """How one trial ended, as told to Optuna."""
+
+    number: int
+    state: str
+    value: float | None
+    epochs: int
+    params: dict[str, Any] = field(default_factory=dict)
+    seed: int | None = None
+    reason: str | None = None
+    trial_id: str | None = None
+
+    @classmethod
+    def from_frozen(cls, trial: optuna.trial.FrozenTrial) -> TrialOutcome:
+        attrs = trial.user_attrs
+        return cls(
+            number=trial.number,
+            state=STATES.get(trial.state, trial.state.name.lower()),
+            value=trial.value if trial.state == TrialState.COMPLETE else None,
+            epochs=int(attrs.get("epochs", 0)),
+            params=plain_params(trial.params),
+            seed=attrs.get("seed"),
+            reason=attrs.get("stop_reason") or attrs.get("fail_reason"),
+            trial_id=attrs.get("ray_trial_id"),
+        )
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    """An Optuna sampler by the name a spec uses, seeded.
+
+    ``grid`` is Optuna's BruteForceSampler, which walks define-by-run (conditional) spaces exhaustively;
+    GridSampler needs one flat grid over every optimizer's parameters at once.
+
+    Raises:
+        TunerError: ``gp`` without PyTorch installed.
+    """
+    samplers = optuna.samplers
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if name == "tpe":
+            # group=True: TPE models each optimizer's parameters apart, as the space is conditional.
+            return samplers.TPESampler(seed=seed, multivariate=True, group=True)
+        if name == "random":
+            return samplers.RandomSampler(seed=seed)
+        if name == "grid":
+            return samplers.BruteForceSampler(seed=seed)
+        if name == "cmaes":
+            return samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+        if name == "qmc":
+            return samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
+        if name == "gp":
+            try:
+                import torch  # noqa: F401
+            except ImportError:
+                raise TunerError(
+                    "the gp sampler needs PyTorch (Optuna's GPSampler runs on it): pip install 'tuner[gp]'"
+                ) from None
+            return samplers.GPSampler(seed=seed)
+    raise ValueError(f"unknown sampler {name!r}")
+
+
+def check_storage_url(url: str) -> str:
+    """``url`` if it reads as a database URL; checked before anything is created.
+
+    Raises:
+        UsageError: it does not.
+    """
+    import sqlalchemy.exc
+    from sqlalchemy.engine import make_url
+
+    try:
+        make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise UsageError(f"--storage: not a database URL, e.g. sqlite:///optuna.db (got {url!r})") from None
+    return url
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """The Optuna storage at ``url`` (``sqlite:///PATH``, ``postgresql://...``).
+
+    Raises:
+        TunerError: Optuna cannot open it.
+    """
+    import sqlalchemy.exc
+
+    try:
+        return optuna.storages.RDBStorage(url)
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
+        raise TunerError(f"cannot open the Optuna storage {url}: {str(exc).splitlines()[0]}") from None
+
+
+def check_compatible(storage: optuna.storages.BaseStorage, spec: Spec) -> None:
+    """Refuse to add trials to an existing study whose space or direction the spec contradicts.
+
+    Optuna would otherwise fail every new trial on its first conflicting ``suggest`` call.
+
+    Raises:
+        UsageError: the stored study cannot take this spec's trials.
+    """
+    name = spec.study.name
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return
+    fix = "pick a new study name (study.name or --name) or another --storage"
+    direction = "minimize" if spec.study.mode == "min" else "maximize"
+    stored = study.direction.name.lower()
+    if stored != direction:
+        raise UsageError(f"study {name!r} already exists and {stored}s its metric; this spec {direction}s: {fix}")
+    mine = _distributions(spec)
+    for trial in study.get_trials(deepcopy=False):
+        for param, old in trial.distributions.items():
+            new = mine.get(param)
+            if new is None:
+                continue
+            try:
+                optuna.distributions.check_distribution_compatibility(old, new)
+            except ValueError:
+                raise UsageError(
+                    f"study {name!r} already exists with {param} searched as {old}, which this spec changes to "
+                    f"{new}; Optuna cannot mix the two in one study: {fix}"
+                ) from None
+
+
+def _distributions(spec: Spec) -> dict[str, optuna.distributions.BaseDistribution]:
+    """The Optuna distribution of every parameter the spec searches (what SearchSpace suggests)."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    out: dict[str, optuna.distributions.BaseDistribution] = {}
+    for optimizer in spec.optimizers:
+        study.enqueue_trial({"optimizer": optimizer.name})
+        trial = study.ask()
+        SearchSpace(spec)(trial)
+        out.update(trial.distributions)
+    return out
+
+
+class StudySearch(OptunaSearch):
+    """``OptunaSearch`` over a spec's define-by-run space that tells Optuna each trial's true state."""
+
+    def __init__(self, spec: Spec, *, storage: optuna.storages.BaseStorage, sampler: optuna.samplers.BaseSampler):
+        super().__init__(
+            space=SearchSpace(spec),
+            metric=spec.study.metric,
+            mode=spec.study.mode,
+            sampler=sampler,
+            study_name=spec.study.name,
+            storage=storage,
+        )
+        self._epochs = spec.training.epochs
+        self._failed: set[str] = set()
+        self.outcomes: dict[str, TrialOutcome] = {}
+
+    @property
+    def study(self) -> optuna.Study:
+        assert self._ot_study is not None  # set up in __init__, as the space is given there
+        return self._ot_study
+
+    def numbers(self) -> list[int]:
+        """The Optuna numbers of the trials this search asked for."""
+        return sorted(t.number for t in self._ot_trials.values())
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        value = result.get(self.metric)
+        if trial_id in self._completed_trials or value is None or not math.isfinite(value):
+            return
+        self._ot_trials[trial_id].report(float(value), int(result["epoch"]))
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        if error:
+            # The reason arrives a moment later, through FailureReasons.on_trial_error.
+            self._failed.add(trial_id)
+            return
+        result = result or {}
+        epochs = int(result.get("epoch") or 0)
+        value = result.get(self.metric)
+        reason = result.get(STOP_REASON)
+        if reason is None and epochs < self._epochs:
+            reason = f"stopped at epoch {epochs} of {self._epochs}"
+        if reason is None and (value is None or not math.isfinite(value)):
+            reason = f"{self.metric} was not a finite number"
+        if reason is None:
+            assert value is not None
+            self._tell(trial_id, TrialState.COMPLETE, float(value), epochs)
+        else:
+            self._tell(trial_id, TrialState.PRUNED, None, epochs, stop_reason=reason)
+
+    def tell_failure(self, trial_id: str, reason: str, epochs: int) -> None:
+        """Tell Optuna that a trial raised (called by :class:`FailureReasons`)."""
+        if trial_id in self._failed:
+            self._failed.discard(trial_id)
+            self._tell(trial_id, TrialState.FAIL, None, epochs, fail_reason=reason)
+
+    def close(self, reason: str) -> list[int]:
+        """Tell FAIL for every trial asked for and not finished (e.g. after Ctrl-C); returns their numbers."""
+        left = []
+        for trial_id in list(self._ot_trials):
+            if trial_id in self._completed_trials:
+                continue
+            self._failed.discard(trial_id)
+            self._tell(trial_id, TrialState.FAIL, None, 0, fail_reason=reason)
+            left.append(self._ot_trials[trial_id].number)
+        return left
+
+    def _tell(self, trial_id: str, state: TrialState, value: float | None, epochs: int, **reason: str) -> None:
+        trial = self._ot_trials[trial_id]
+        trial.set_user_attr("epochs", epochs)
+        trial.set_user_attr("ray_trial_id", trial_id)
+        for key, text in reason.items():
+            trial.set_user_attr(key, text)
+        storage = self.study._storage
+        try:
+            self.study.tell(trial, value, state=state)
+        except RuntimeError:
+            # BruteForceSampler calls study.stop() once the grid is exhausted, which only works inside
+            # study.optimize; the state has been stored by then.
+            if storage.get_trial(trial._trial_id).state != state:
+                raise
+        self._completed_trials.add(trial_id)
+        self.outcomes[trial_id] = TrialOutcome.from_frozen(storage.get_trial(trial._trial_id))
+
+
+class FailureReasons(tune.Callback):
+    """Hands a failed trial's error to :class:`StudySearch`, which then tells Optuna FAIL with the reason.
+
+    Tune calls the searcher before the callbacks and gives only the callbacks the trial and its error.
+    """
+
+    def __init__(self, search: StudySearch) -> None:
+        self._search = search
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._search.tell_failure(trial.trial_id, error_text(trial), int(trial.last_result.get("epoch") or 0))
+
+
+def error_text(trial: Trial) -> str:
+    """The exception a trial raised, in one line: what a person wants to see, not Ray's wrapping.
+
+    Read from the error files Tune has just written beside the driver (the copies in the experiment's
+    storage appear only at its next sync).
+    """
+    import cloudpickle
+
+    if trial.pickled_error_file and os.path.exists(trial.pickled_error_file):
+        with open(trial.pickled_error_file, "rb") as f:
+            error = cloudpickle.load(f)
+        cause = getattr(error, "cause", None) or error
+        text = f"{type(cause).__name__}: {cause}".strip()
+        return text.splitlines()[0]
+    if trial.error_file and os.path.exists(trial.error_file):
+        with open(trial.error_file) as f:
+            lines = [line for line in f.read().splitlines() if line.strip()]
+        return lines[-1] if lines else "failed"
+    return "failed"
