@@ -50,8 +50,9 @@ def best_table(result: StudyResult, limit: int = 10) -> Table:
     for column in ("rank", "trial", "state", result.metric, "epochs", *names):
         table.add_column(column, justify="right" if column not in ("state", "optimizer", "activation") else "left")
     for rank, row in enumerate(rows, start=1):
-        value = fmt(row.value) if row.value is not None else (row.reason or "-")
-        cells = [str(rank), f"#{row.number}", row.state, value, str(row.epochs)]
+        ranked = row.value is not None
+        value = fmt(row.value) if ranked else (row.reason or "-")
+        cells = [str(rank) if ranked else "-", f"#{row.number}", row.state, value, str(row.epochs)]
         table.add_row(*cells, *(fmt(row.params[n]) if n in row.params else "" for n in names))
     return table
 

@@ -13,7 +13,7 @@ import dataclasses
 import difflib
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -614,10 +614,3 @@ class _Reader:
         gpus = self.scalar(node.get("gpus_per_trial", 0), "resources.gpus_per_trial", _NONNEGATIVE)
         return Resources(cpus, gpus)
 
-
-def iter_values(spec: Spec) -> Iterator[tuple[str, Value]]:
-    """Every hyperparameter the spec sets, fixed or searched, with its Optuna-style name."""
-    for o in spec.optimizers:
-        for k, v in o.params:
-            yield f"{o.name}/{k}", v
-    yield from spec.model_values()
