@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,3 +37,87 @@ def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
+
+
+def tuner_command() -> str:
+    """The ``tuner`` console script of the interpreter running the tests."""
+    import sys
+
+    return str(Path(sys.executable).with_name("tuner"))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_http(url: str, timeout: float = 90.0) -> None:
+    import time
+
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if requests.get(url, timeout=2).ok:
+                return
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nothing answered at {url}")
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def optimizers_launch(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One real ``tuner launch search_spaces/optimizers.yaml --trials 6 --epochs 3 --json`` process, whose
+    work directory several tests inspect (Optuna's CLI, MLflow's client, ``tuner ui``)."""
+    import json
+    import subprocess
+
+    workdir = tmp_path_factory.mktemp("optimizers")
+    spec = ROOT / "search_spaces" / "optimizers.yaml"
+    done = subprocess.run(
+        [tuner_command(), "launch", str(spec), "--trials", "6", "--epochs", "3", "--json", "--workdir", str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    summary["_stdout"] = done.stdout
+    return workdir, summary
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``mlflow server`` on 127.0.0.1, as a team would run one."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable, "-m", "mlflow", "server",
+            "--host", "127.0.0.1", "--port", str(port),
+            "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+            "--artifacts-destination", str(root / "artifacts"), "--workers", "1",
+        ],
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # MLflow starts uvicorn under it; stop the whole group
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/health")
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)

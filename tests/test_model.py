@@ -27,7 +27,7 @@ def config(**changes: Any) -> dict[str, Any]:
 
 def train(data: Dataset, cfg: dict[str, Any]) -> list[dict[str, Any]]:
     reports: list[dict[str, Any]] = []
-    model.train(data, cfg, reports.append)
+    model.train(data, cfg, lambda metrics, net: reports.append(metrics))
     return reports
 
 

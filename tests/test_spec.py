@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from tuner.errors import SpecError, UsageError
-from tuner.spec import Choice, Range, load_spec, parse_spec
+from tuner.spec import Choice, Optimizer, Range, load_spec, parse_spec
 
 from .conftest import SEARCH_SPACES, write
 
@@ -146,3 +146,39 @@ def test_missing_file() -> None:
     with pytest.raises(SpecError) as info:
         load_spec("no/such.yaml")
     assert str(info.value) == "no/such.yaml: cannot read the file: No such file or directory"
+
+
+@pytest.mark.parametrize("path", SEARCH_SPACES, ids=lambda p: p.name)
+def test_to_doc_reads_back_as_the_same_spec(path: Path) -> None:
+    spec = load_spec(path)
+    again = parse_spec(spec.to_doc(), source=spec.source)
+    assert again == spec
+
+
+def test_fixed_at_pins_every_searched_value_to_one_trial() -> None:
+    spec = load_spec(Path(__file__).parent.parent / "search_spaces" / "optimizers.yaml")
+    params = {"optimizer": "sgd", "learning_rate": 0.3, "momentum": 0.5, "nesterov": True, "decay": 0.0, "layers": 2}
+    best = spec.fixed_at({**params, "units": 64})
+    assert best.searched() == []
+    hyper = ("learning_rate", "momentum", "nesterov", "decay")
+    assert best.optimizers == (Optimizer("sgd", tuple((k, params[k]) for k in hyper)),)
+    assert (best.model.layers, best.model.units, best.study.name, best.study.trials) == (
+        2,
+        64,
+        "optimizers-digits-best",
+        1,
+    )
+
+
+def test_settings_are_the_fixed_values_only() -> None:
+    spec = parse_spec(
+        {
+            "study": {"name": "s"},
+            "model": {"units": {"choice": [8, 16]}, "activation": "tanh"},
+            "optimizers": {"adam": {"epsilon": 1e-6, "learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}}},
+        }
+    )
+    settings = spec.settings()
+    assert settings["model.activation"] == "tanh" and settings["optimizers.adam.epsilon"] == 1e-6
+    assert "model.units" not in settings and "optimizers.adam.learning_rate" not in settings
+    assert settings["training.epochs"] == 20 and settings["study.sampler"] == "tpe"

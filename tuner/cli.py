@@ -5,6 +5,7 @@ Exit codes: 0 success; 2 bad input (a spec or an option); 1 anything else; 130 i
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -71,6 +72,11 @@ def validate(spec: str) -> None:
 @click.option("--seed", type=click.IntRange(min=0), help="Seed of the sampler, the split and the trials.")
 @click.option("--name", help="Study name (overrides study.name).")
 @click.option("--storage", metavar="OPTUNA_URL", help="Optuna storage [default: sqlite:///WORKDIR/optuna.db].")
+@click.option(
+    "--tracking-uri",
+    metavar="URI",
+    help="MLflow tracking URI [default: MLFLOW_TRACKING_URI, else sqlite:///WORKDIR/mlflow.db].",
+)
 @click.option("--address", metavar="RAY_ADDRESS", help="Ray cluster to run on [default: RAY_ADDRESS or local].")
 @click.option(
     "--workdir",
@@ -90,6 +96,7 @@ def launch(
     seed: int | None,
     name: str | None,
     storage: str | None,
+    tracking_uri: str | None,
     address: str | None,
     workdir: str,
     as_json: bool,
@@ -115,19 +122,86 @@ def launch(
         loaded,
         workdir=workdir,
         storage=storage,
+        tracking_uri=tracking_uri,
         address=address,
         verbose=verbose,
         progress=progress,
         announce=click.echo,
+        warn=lambda text: click.echo(text, err=True),
     )
     console = Console(highlight=False)
     if not console.is_terminal:
         console.width = 200
     console.print(report.best_table(result))
     click.echo(report.summary_line(result))
-    click.echo(f"inspect with: optuna trials --study-name {result.study} --storage {result.storage}")
+    click.echo(f"optuna: optuna trials --study-name {result.study} --storage {result.storage}")
+    if result.mlflow:
+        click.echo(_mlflow_line(result.mlflow, result.study, workdir))
     if as_json:
         click.echo(json.dumps(result.to_json()))
     if result.interrupted:
         click.echo("interrupted: unfinished trials were recorded as failed", err=True)
         sys.exit(130)
+
+
+def _mlflow_line(runs: dict[str, str], study: str, workdir: str) -> str:
+    from tuner.tracking import experiment_url
+
+    uri, experiment, parent = runs["tracking_uri"], runs["experiment_id"], runs["parent_run_id"]
+    where = f"mlflow: experiment {study} (id {experiment}), parent run {parent} in {uri}"
+    if uri.startswith(("http://", "https://")):
+        return f"{where}\n  open: {experiment_url(uri, experiment, parent)}"
+    return f"{where}\n  open: tuner ui --workdir {os.path.abspath(workdir)}"
+
+
+@main.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to bind; others can reach it only if you say so."
+)
+@click.option("--workdir", type=click.Path(file_okay=False), default=".", show_default=True, help="Where launch wrote.")
+@click.option("--tracking-uri", metavar="URI", help="The MLflow store [default: as tuner launch uses].")
+@_errors
+def ui(port: int, host: str, workdir: str, tracking_uri: str | None) -> None:
+    """Start the MLflow UI on the store tuner launch writes to, and print where each study is."""
+    from pathlib import Path
+
+    from tuner.tracking import experiment_url, resolve_tracking_uri, study_experiments
+
+    root = Path(workdir).resolve()
+    uri = resolve_tracking_uri(tracking_uri, root)
+    if uri.startswith(("http://", "https://")):
+        for name, experiment in study_experiments(uri):
+            click.echo(f"{name}: {experiment_url(uri, experiment)}")
+        click.echo(f"{uri} is a tracking server already; its UI is there.")
+        return
+    base = f"http://{host}:{port}"
+    for name, experiment in study_experiments(uri):
+        click.echo(f"{name}: {experiment_url(base, experiment)}")
+    click.echo(f"MLflow UI on {base} for {uri} (Ctrl-C to stop)")
+    command = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", uri,
+        "--artifacts-destination", str(root / "mlartifacts"),
+        "--host", host, "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    import signal
+    import subprocess
+
+    # The server runs in its own process group (MLflow starts uvicorn under it); stopping tuner ui, by
+    # Ctrl-C or SIGTERM, stops the whole group.
+    # MLflow's background job runner serves GenAI features a study does not use; it costs a process each.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen(command, start_new_session=True, env=env)
+
+    def stop(*_: Any) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        code = server.wait()
+    except KeyboardInterrupt:
+        stop()
+        code = server.wait()
+    sys.exit(code)

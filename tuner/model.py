@@ -20,7 +20,16 @@ import tensorflow as tf
 if TYPE_CHECKING:
     from tuner.data import Dataset
 
-__all__ = ["build_model", "build_optimizer", "configure_threads", "current_learning_rate", "train"]
+__all__ = [
+    "build_model",
+    "build_optimizer",
+    "configure_threads",
+    "current_learning_rate",
+    "load",
+    "requirements",
+    "save",
+    "train",
+]
 
 OPTIMIZER_CLASSES: dict[str, type[keras.optimizers.Optimizer]] = {
     "sgd": keras.optimizers.SGD,
@@ -87,8 +96,26 @@ def build_model(
     return keras.Sequential(stack)
 
 
-def train(data: Dataset, config: Mapping[str, Any], report: Callable[[dict[str, Any]], None]) -> None:
-    """Train one trial epoch by epoch, calling ``report`` with the metrics after each epoch.
+def save(net: keras.Model, path: str | os.PathLike[str]) -> None:
+    """Save a trained model (weights, architecture, optimizer state) as one ``.keras`` file."""
+    net.save(path)
+
+
+def load(path: str | os.PathLike[str]) -> keras.Model:
+    """Load a model written by :func:`save` (on the driver, to log the best one)."""
+    return keras.models.load_model(path)
+
+
+def requirements() -> list[str]:
+    """What serving the model needs, pinned to what trained it (saves MLflow inferring it)."""
+    return [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"]
+
+
+Report = Callable[[dict[str, Any], keras.Model], None]
+
+
+def train(data: Dataset, config: Mapping[str, Any], report: Report) -> None:
+    """Train one trial epoch by epoch, calling ``report(metrics, model)`` after each epoch.
 
     A non-finite loss stops training inside the epoch it appears in; that epoch's report carries
     ``stop_reason`` and no non-finite number (those metrics are ``None``).
@@ -124,7 +151,7 @@ def train(data: Dataset, config: Mapping[str, Any], report: Callable[[dict[str, 
 
 
 class _Report(keras.callbacks.Callback):
-    def __init__(self, report: Callable[[dict[str, Any]], None], optimizer: keras.optimizers.Optimizer) -> None:
+    def __init__(self, report: Report, optimizer: keras.optimizers.Optimizer) -> None:
         super().__init__()
         self._report, self._optimizer = report, optimizer
 
@@ -142,4 +169,4 @@ class _Report(keras.callbacks.Callback):
             metrics["stop_reason"] = f"diverged: {key}={metrics[key]:g} at epoch {epoch + 1}"
             metrics.update({k: None for k in bad})
             self.model.stop_training = True
-        self._report(metrics)
+        self._report(metrics, self.model)

@@ -1,16 +1,34 @@
-"""What a person reads: a line per finished trial and the table of the best trials."""
+"""What a person reads: a line per finished trial, the table of the best trials, and the study's plots."""
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import optuna
     from rich.table import Table
 
     from tuner.runner import StudyResult
     from tuner.search import TrialOutcome
 
-__all__ = ["best_table", "fmt", "params_text", "summary_line", "trial_line"]
+__all__ = [
+    "Curve",
+    "best_table",
+    "fmt",
+    "params_text",
+    "plot_loss_curves",
+    "plot_study",
+    "summary_line",
+    "trial_line",
+]
+
+#: Optuna's parameter importances need a few complete trials to mean anything.
+MIN_TRIALS_FOR_IMPORTANCE = 5
+OPTIMIZER_COLORS = {"sgd": "tab:blue", "rmsprop": "tab:orange", "adam": "tab:green"}
 
 
 def fmt(value: Any) -> str:
@@ -65,3 +83,88 @@ def summary_line(result: StudyResult) -> str:
     if best is not None:
         text += f"\nbest: trial #{best.number}  {result.metric}={fmt(best.value)}  {params_text(best.params)}"
     return text
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One trial's per-epoch metrics, ``{"val_loss": [(epoch, value), ...], ...}``, and how it ended."""
+
+    optimizer: str
+    state: str
+    history: Mapping[str, list[tuple[int, float]]]
+
+
+def plot_loss_curves(curves: Mapping[int, Curve], path: Path, *, metric: str = "val_loss") -> None:
+    """Every trial's validation and training loss against epoch, coloured by optimizer: the picture from
+    which a person judges learning rates (smooth descent, oscillation, blow-up). Trials that did not
+    complete are dotted and end in a cross."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    positive = True
+    for _, curve in sorted(curves.items()):
+        color = OPTIMIZER_COLORS.get(curve.optimizer, "tab:gray")
+        done = curve.state == "complete"
+        for ax, key in zip(axes, ("val_loss", "loss"), strict=True):
+            points = curve.history.get(key)
+            if not points:
+                continue
+            xs, ys = zip(*points, strict=True)
+            positive = positive and min(ys) > 0
+            ax.plot(xs, ys, color=color, linestyle="-" if done else ":", alpha=0.85 if done else 0.6, linewidth=1.2)
+            if not done:
+                ax.plot(xs[-1:], ys[-1:], color=color, marker="x", markersize=7)
+    for ax, title in zip(axes, ("validation loss", "training loss"), strict=True):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if positive:
+            ax.set_yscale("log")
+    axes[0].set_ylabel("loss")
+    seen = sorted({c.optimizer for c in curves.values()})
+    handles = [Line2D([], [], color=OPTIMIZER_COLORS.get(o, "tab:gray"), label=o) for o in seen]
+    handles += [
+        Line2D([], [], color="black", label="complete"),
+        Line2D([], [], color="black", linestyle=":", marker="x", label="pruned / failed"),
+    ]
+    axes[1].legend(handles=handles, loc="upper right", fontsize="small")
+    fig.suptitle(f"{len(curves)} trials; the study ranks them by {metric}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_study(study: optuna.Study, out: Path) -> list[Path]:
+    """Optuna's own charts of the study: ``optimization_history.png`` (best value so far against trial
+    number) and, once enough trials are complete, ``param_importances.png``. Returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.visualization import matplotlib as charts
+
+    written = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        charts.plot_optimization_history(study)
+        plt.savefig(out / "optimization_history.png", dpi=110, bbox_inches="tight")
+        plt.close("all")
+        written.append(out / "optimization_history.png")
+        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if len(complete) >= MIN_TRIALS_FOR_IMPORTANCE:
+            try:
+                charts.plot_param_importances(study)
+            except (ValueError, RuntimeError):  # e.g. no parameter took two values
+                plt.close("all")
+                return written
+            plt.savefig(out / "param_importances.png", dpi=110, bbox_inches="tight")
+            plt.close("all")
+            written.append(out / "param_importances.png")
+    return written

@@ -5,6 +5,7 @@ The driver owns every piece of state (the Optuna study, the records); workers on
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -18,6 +19,7 @@ import optuna
 import ray
 from ray import tune
 
+from tuner import tracking
 from tuner.data import Dataset, load_dataset
 from tuner.errors import TunerError
 from tuner.search import (
@@ -50,6 +52,7 @@ class StudyResult:
     wall_seconds: float
     experiment_path: str
     interrupted: bool = False
+    mlflow: dict[str, str] | None = None
 
     def counts(self) -> dict[str, int]:
         states = [t.state for t in self.trials]
@@ -77,6 +80,7 @@ class StudyResult:
             "metric": self.metric,
             "mode": self.mode,
             "interrupted": self.interrupted,
+            "mlflow": self.mlflow,
         }
 
 
@@ -85,10 +89,12 @@ def run_study(
     *,
     workdir: str | Path = ".",
     storage: str | None = None,
+    tracking_uri: str | None = None,
     address: str | None = None,
     verbose: bool = False,
     progress: Callable[[TrialOutcome], None] | None = None,
     announce: Callable[[str], None] | None = None,
+    warn: Callable[[str], None] | None = None,
     trainable: Callable[..., None] = train_trial,
 ) -> StudyResult:
     """Run the study a spec describes and return its trials.
@@ -97,16 +103,18 @@ def run_study(
         spec: a validated spec (see :func:`tuner.load_spec`), with any overrides applied.
         workdir: where everything the run writes goes (Optuna's SQLite file, Ray Tune's results).
         storage: Optuna storage URL; default ``sqlite:///WORKDIR/optuna.db``.
+        tracking_uri: MLflow tracking URI; default ``MLFLOW_TRACKING_URI``, else ``sqlite:///WORKDIR/mlflow.db``.
         address: Ray address (``auto``, ``ray://host:10001``); default a local Ray (or ``RAY_ADDRESS``).
         verbose: let Ray and TensorFlow speak.
         progress: called on the driver with each trial's outcome as it ends.
         announce: called once with a line describing the study about to run.
+        warn: called with a line when something goes wrong that does not stop the study (e.g. MLflow).
         trainable: the function each trial runs, ``(config, data, threads)``; tuner's Keras trainer unless
             you bring your own.
 
     Raises:
         SpecError: the data the spec names cannot be loaded (nothing has been created).
-        TunerError: the study could not run.
+        TunerError: the study could not run (e.g. the MLflow server does not answer; nothing is created then).
     """
     started = time.monotonic()
     workdir = Path(workdir).resolve()
@@ -114,15 +122,20 @@ def run_study(
     sampler = make_sampler(spec.study.sampler, spec.study.seed)
     storage_url = check_storage_url(storage or f"sqlite:///{workdir / 'optuna.db'}")
     trials = spec.planned_trials
+    tracking_uri = tracking.resolve_tracking_uri(tracking_uri, workdir)
+    tracking.check_reachable(tracking_uri)
 
     _quiet(verbose)
     workdir.mkdir(parents=True, exist_ok=True)
     optuna_storage = open_storage(storage_url)
     check_compatible(optuna_storage, spec)
+    local_store = not tracking_uri.startswith(("http://", "https://"))
+    artifacts = workdir / "mlartifacts" if local_store else None
+    tracker = tracking.Tracker(spec, tracking_uri, artifact_root=artifacts, warn=warn)
     own_ray = not ray.is_initialized()
-    if own_ray:
-        _init_ray(address, verbose)
     try:
+        if own_ray:
+            _init_ray(address, verbose)
         concurrency = spec.study.concurrency or _default_concurrency(spec)
         if announce:
             announce(
@@ -132,21 +145,34 @@ def run_study(
             )
         search = StudySearch(spec, storage=optuna_storage, sampler=sampler)
         experiment = workdir / "ray_results" / f"{spec.study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        interrupted = _tune(spec, search, trainable, dataset, experiment, trials, concurrency, progress)
+        callback = tracking.TrackingCallback(tracker, search)
+        interrupted = _tune(spec, search, trainable, dataset, experiment, trials, concurrency, progress, callback)
+        numbers = set(search.numbers())
+        result = StudyResult(
+            study=spec.study.name,
+            storage=storage_url,
+            metric=spec.study.metric,
+            mode=spec.study.mode,
+            trials=tuple(TrialOutcome.from_frozen(t) for t in search.study.get_trials() if t.number in numbers),
+            wall_seconds=0.0,
+            experiment_path=str(experiment),
+            interrupted=interrupted,
+        )
+        model_uri = tracker.finish(result, search)
+    except BaseException:
+        tracker.fail()
+        raise
     finally:
         if own_ray:
             ray.shutdown()
-    numbers = set(search.numbers())
-    return StudyResult(
-        study=spec.study.name,
-        storage=storage_url,
-        metric=spec.study.metric,
-        mode=spec.study.mode,
-        trials=tuple(TrialOutcome.from_frozen(t) for t in search.study.get_trials() if t.number in numbers),
-        wall_seconds=time.monotonic() - started,
-        experiment_path=str(experiment),
-        interrupted=interrupted,
-    )
+    runs = {
+        "tracking_uri": tracking_uri,
+        "experiment_id": tracker.experiment_id,
+        "parent_run_id": tracker.parent_run_id,
+    }
+    if model_uri:
+        runs["model_uri"] = model_uri
+    return dataclasses.replace(result, wall_seconds=time.monotonic() - started, mlflow=runs)
 
 
 def _tune(
@@ -158,6 +184,7 @@ def _tune(
     trials: int,
     concurrency: int,
     progress: Callable[[TrialOutcome], None] | None,
+    tracker: tune.Callback,
 ) -> bool:
     """Run the trials through Ray Tune; returns whether the run was interrupted."""
     threads = max(1, int(spec.resources.cpus_per_trial))
@@ -179,7 +206,7 @@ def _tune(
             name=experiment.name,
             storage_path=str(experiment.parent),
             stop=_StopOnReason(STOP_REASON),
-            callbacks=[FailureReasons(search), _Progress(search, progress)],
+            callbacks=[FailureReasons(search), tracker, _Progress(search, progress)],
             verbose=0,
         ),
     )
@@ -240,6 +267,8 @@ def _quiet(verbose: bool) -> None:
         os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] = "0"
         for name in ("ray", "ray.tune", "ray.train", "ray.data"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
+        for name in ("mlflow", "alembic"):
+            logging.getLogger(name).setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", module="ray")
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 

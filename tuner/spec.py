@@ -199,7 +199,69 @@ class Spec:
         s = self.study
         return (
             f"{s.name}: optimizer {{{names}}} + {params}; {self.data.label} ({self.data.task}), "
-            f"{self.training.epochs} epochs; {self.planned_trials} trials, {s.sampler} sampler, {s.mode} {s.metric}"
+            f"{self.training.epochs} epochs; {self.planned_trials} trial{'s' * (self.planned_trials != 1)}, "
+            f"{s.sampler} sampler, {s.mode} {s.metric}"
+        )
+
+    def settings(self) -> dict[str, Any]:
+        """The spec's fixed settings, flat (``study.sampler``, ``optimizers.adam.epsilon``): what every trial of
+        the study shares. Searched values are left out; each trial records what it drew."""
+        doc = self.to_doc()
+        flat: dict[str, Any] = {}
+
+        def walk(prefix: str, node: Any) -> None:
+            if isinstance(node, dict) and not ({"low", "choice"} & set(node)):
+                for key, value in node.items():
+                    walk(f"{prefix}.{key}" if prefix else key, value)
+            elif not isinstance(node, dict):
+                flat[prefix] = node
+
+        walk("", doc)
+        return flat
+
+    def to_doc(self) -> dict[str, Any]:
+        """The spec as a YAML document of the shape :func:`load_spec` reads."""
+        s, d = self.study, self.data
+        data: dict[str, Any] = {"dataset": d.label if d.path else d.dataset, "validation_split": d.validation_split}
+        if d.target is not None:
+            data["target"] = d.target
+        if d.path:
+            data["task"] = d.task
+        if d.dataset == "synthetic":
+            data.update(n_samples=d.n_samples, n_features=d.n_features, n_classes=d.n_classes)
+            if d.seed is not None:
+                data["seed"] = d.seed
+        study = {"name": s.name, "metric": s.metric, "mode": s.mode, "trials": s.trials}
+        if s.concurrency is not None:
+            study["concurrency"] = s.concurrency
+        study.update(sampler=s.sampler, seed=s.seed)
+        values = dict(self.model_values())
+        return {
+            "study": study,
+            "data": data,
+            "model": {k: _value_doc(values[k]) for k in ("layers", "units", "activation", "dropout")},
+            "training": {"epochs": self.training.epochs, "batch_size": _value_doc(self.training.batch_size)},
+            "optimizers": {o.name: {k: _value_doc(v) for k, v in o.params} for o in self.optimizers},
+            "pruning": {},
+            "resources": {
+                "cpus_per_trial": self.resources.cpus_per_trial,
+                "gpus_per_trial": self.resources.gpus_per_trial,
+            },
+        }
+
+    def fixed_at(self, params: dict[str, Any]) -> Spec:
+        """This spec with every searched value fixed at ``params`` (plain names, as a trial records them)
+        and only that trial's optimizer: a one-trial study named ``NAME-best`` that re-runs the configuration."""
+        optimizer = self.optimizer(str(params["optimizer"]))
+        fixed = Optimizer(optimizer.name, tuple((k, params.get(k, v)) for k, v in optimizer.params))
+        model = {k: params.get(k, v) if is_searched(v) else v for k, v in self.model_values()}
+        batch_size = model.pop("batch_size")
+        return dataclasses.replace(
+            self,
+            study=dataclasses.replace(self.study, name=f"{self.study.name}-best", trials=1, sampler="random"),
+            model=Model(**model),
+            training=dataclasses.replace(self.training, batch_size=batch_size),
+            optimizers=(fixed,),
         )
 
     def override(self, **changes: Any) -> Spec:
@@ -214,6 +276,19 @@ class Spec:
         if changes.get("epochs") is not None:
             spec = dataclasses.replace(spec, training=dataclasses.replace(spec.training, epochs=changes["epochs"]))
         return spec
+
+
+def _value_doc(value: Value) -> Any:
+    if isinstance(value, Range):
+        doc: dict[str, Any] = {"low": value.low, "high": value.high}
+        if value.log:
+            doc["log"] = True
+        if value.step is not None:
+            doc["step"] = value.step
+        return doc
+    if isinstance(value, Choice):
+        return {"choice": list(value.options)}
+    return value
 
 
 # --------------------------------------------------------------------------------------------- tables
@@ -613,4 +688,3 @@ class _Reader:
         cpus = self.scalar(node.get("cpus_per_trial", 1), "resources.cpus_per_trial", _POSITIVE)
         gpus = self.scalar(node.get("gpus_per_trial", 0), "resources.gpus_per_trial", _NONNEGATIVE)
         return Resources(cpus, gpus)
-

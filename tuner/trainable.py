@@ -5,6 +5,8 @@ It never talks to Optuna or MLflow; the driver turns its reports into trial stat
 
 from __future__ import annotations
 
+import os
+import tempfile
 from typing import TYPE_CHECKING, Any
 
 from ray import tune
@@ -12,10 +14,12 @@ from ray import tune
 if TYPE_CHECKING:
     from tuner.data import Dataset
 
-__all__ = ["STOP_REASON", "train_trial"]
+__all__ = ["MODEL_FILE", "STOP_REASON", "train_trial"]
 
 #: A result key set by the trainer when it stopped by itself (e.g. a diverged loss).
 STOP_REASON = "stop_reason"
+#: The Keras file in a trial's final checkpoint.
+MODEL_FILE = "model.keras"
 
 
 def train_trial(config: dict[str, Any], data: Dataset, threads: int = 1) -> None:
@@ -27,4 +31,15 @@ def train_trial(config: dict[str, Any], data: Dataset, threads: int = 1) -> None
     from tuner import model  # TensorFlow is imported on the workers only.
 
     model.configure_threads(threads)
-    model.train(data, config, report=tune.report)
+    epochs = int(config["epochs"])
+
+    def report(metrics: dict[str, Any], net: Any) -> None:
+        if metrics["epoch"] < epochs or STOP_REASON in metrics:
+            tune.report(metrics)
+            return
+        # The trained model goes to Tune's storage with the last result; the driver logs the best one.
+        with tempfile.TemporaryDirectory() as directory:
+            model.save(net, os.path.join(directory, MODEL_FILE))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+    model.train(data, config, report=report)

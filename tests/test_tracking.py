@@ -1,0 +1,205 @@
+"""MLflow records of real launches: a local SQLite store, a real `mlflow server`, and `tuner ui`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+import requests
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from tuner import run_study
+from tuner.data import load_dataset
+from tuner.spec import OPTIMIZERS, load_spec, parse_spec
+from tuner.trainable import train_trial
+
+from .conftest import ROOT, free_port, tuner_command, wait_for_http
+
+ARTIFACTS = {"loss_curves.png", "optimization_history.png", "trials.csv", "best_params.yaml", "optimizers.yaml"}
+
+
+def runs_of(client: MlflowClient, study: str) -> tuple[Run, list[Run]]:
+    experiment = client.get_experiment_by_name(study)
+    assert experiment is not None
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(children) == len(runs) - 1
+    return parents[0], children
+
+
+def check_study_records(client: MlflowClient, summary: dict[str, Any], epochs: int, download: Path) -> None:
+    parent, children = runs_of(client, summary["study"])
+    assert parent.info.run_id == summary["mlflow"]["parent_run_id"]
+    assert len(children) == 6
+    steps = None
+    for child in children:
+        assert child.info.status != "RUNNING"
+        params = child.data.params
+        chosen = params["optimizer"]
+        others = set().union(*(OPTIMIZERS[o] for o in OPTIMIZERS if o != chosen)) - set(OPTIMIZERS[chosen])
+        assert not others & set(params), (chosen, params)
+        number = int(child.data.tags["optuna.trial_number"])
+        assert child.info.run_name == f"trial-{number:03d}-{chosen}"
+        assert child.data.tags["seed"].isdigit() and child.data.tags["ray.trial_id"]
+        if child.data.tags["state"] == "complete":
+            assert child.info.status == "FINISHED"
+            history = client.get_metric_history(child.info.run_id, "val_loss")
+            assert len(history) == epochs
+            steps = steps or sorted(m.step for m in history)
+            assert sorted(m.step for m in history) == steps == list(range(1, epochs + 1))
+            assert len(client.get_metric_history(child.info.run_id, "lr")) == epochs
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["trials_complete"] == summary["trials"]["complete"]
+    assert parent.data.metrics["best_val_loss"] == pytest.approx(summary["best"]["value"])
+    assert parent.data.tags["best_trial"] == str(summary["best"]["number"])
+    assert parent.data.params["study.sampler"] == "tpe" and parent.data.params["training.epochs"] == str(epochs)
+    names = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert names >= ARTIFACTS
+    local = Path(client.download_artifacts(parent.info.run_id, "", str(download)))
+    for png in local.glob("*.png"):
+        with Image.open(png) as image:
+            assert image.size[0] > 300 and image.size[1] > 200
+    with (local / "trials.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(int(r["number"]) for r in rows) == sorted(int(c.data.tags["optuna.trial_number"]) for c in children)
+    assert {"state", "epochs", "final_val_loss", "best_val_loss", "optimizer", "learning_rate"} <= set(rows[0])
+    best_spec = load_spec(local / "best_params.yaml")
+    assert best_spec.searched() == [] and [o.name for o in best_spec.optimizers] == [
+        summary["best"]["params"]["optimizer"]
+    ]
+
+
+def test_a_launch_records_the_study_in_the_local_store(optimizers_launch: tuple[Path, dict], tmp_path: Path) -> None:
+    workdir, summary = optimizers_launch
+    assert summary["mlflow"]["tracking_uri"] == f"sqlite:///{workdir / 'mlflow.db'}"
+    assert f"tuner ui --workdir {workdir}" in summary["_stdout"]
+    client = MlflowClient(summary["mlflow"]["tracking_uri"])
+    check_study_records(client, summary, epochs=3, download=tmp_path)
+    # Everything the run wrote is in the work directory (MLflow's artifacts included).
+    assert (workdir / "mlartifacts").is_dir() and not (Path.cwd() / "mlruns").exists()
+
+
+def test_the_best_model_reloads_and_reproduces_its_val_loss(optimizers_launch: tuple[Path, dict]) -> None:
+    _, summary = optimizers_launch
+    mlflow.set_tracking_uri(summary["mlflow"]["tracking_uri"])
+    net = mlflow.tensorflow.load_model(summary["mlflow"]["model_uri"])
+    spec = load_spec(ROOT / "search_spaces" / "optimizers.yaml")
+    data = load_dataset(spec.data, seed=spec.study.seed)
+    loss = net.evaluate(data.x_val, data.y_val, verbose=0, return_dict=True)["loss"]
+    assert loss == pytest.approx(summary["best"]["value"], rel=1e-4)
+
+
+def test_best_params_yaml_runs_as_a_one_trial_study(optimizers_launch: tuple[Path, dict], tmp_path: Path) -> None:
+    workdir, summary = optimizers_launch
+    client = MlflowClient(summary["mlflow"]["tracking_uri"])
+    path = Path(client.download_artifacts(summary["mlflow"]["parent_run_id"], "best_params.yaml", str(tmp_path)))
+    done = subprocess.run(
+        [tuner_command(), "launch", str(path), "--trials", "1", "--epochs", "1", "--json", "--workdir", str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    again = json.loads(done.stdout.strip().splitlines()[-1])
+    assert again["study"] == "optimizers-digits-best" and again["trials"]["complete"] == 1
+    assert again["best"]["params"] == {"optimizer": summary["best"]["params"]["optimizer"]}
+
+
+def test_tuner_ui_serves_the_study(optimizers_launch: tuple[Path, dict]) -> None:
+    workdir, summary = optimizers_launch
+    port = free_port()
+    ui = subprocess.Popen(
+        [tuner_command(), "ui", "--port", str(port), "--workdir", str(workdir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for_http(f"{base}/health")
+        experiment = summary["mlflow"]["experiment_id"]
+        found = requests.post(f"{base}/api/2.0/mlflow/runs/search", json={"experiment_ids": [experiment]}, timeout=10)
+        assert len(found.json()["runs"]) >= 7  # the parent and 6 trials (and best_params' own run, if it ran first)
+    finally:
+        ui.terminate()
+        out, _ = ui.communicate(timeout=30)
+    assert f"optimizers-digits: {base}/#/experiments/{experiment}?workflowType=machine_learning" in out
+
+
+def test_a_launch_against_a_real_mlflow_server(mlflow_server: str, tmp_path: Path) -> None:
+    spec = ROOT / "search_spaces" / "optimizers.yaml"
+    args = ["launch", str(spec), "--trials", "6", "--epochs", "3", "--json", "--workdir", str(tmp_path)]
+    done = subprocess.run(
+        [tuner_command(), *args, "--tracking-uri", mlflow_server],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    runs = summary["mlflow"]
+    assert runs["tracking_uri"] == mlflow_server
+    link = f"{mlflow_server}/#/experiments/{runs['experiment_id']}/runs/{runs['parent_run_id']}"
+    assert f"{link}?workflowType=machine_learning" in done.stdout
+    check_study_records(MlflowClient(mlflow_server), summary, epochs=3, download=tmp_path / "dl")
+    found = requests.post(
+        f"{mlflow_server}/api/2.0/mlflow/runs/search", json={"experiment_ids": [runs["experiment_id"]]}, timeout=10
+    )
+    assert len(found.json()["runs"]) == 7
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlartifacts").exists()
+
+
+def test_an_unreachable_server_fails_before_anything_starts(tmp_path: Path) -> None:
+    workdir = tmp_path / "work"
+    uri = f"http://127.0.0.1:{free_port()}"
+    args = ["launch", str(ROOT / "search_spaces" / "adam.yaml"), "--workdir", str(workdir), "--tracking-uri", uri]
+    done = subprocess.run(
+        [tuner_command(), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert done.stderr == f"error: cannot reach the MLflow tracking server at {uri} (ConnectionError)\n"
+    assert not workdir.exists()
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_no_run_is_left_running_when_trials_fail_or_diverge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One trial raises, one diverges; each run ends with its state, and every metric went in a batch."""
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("metrics are logged in batches, never one request per metric")
+
+    monkeypatch.setattr(MlflowClient, "log_metric", refuse)
+
+    def trainable(config: dict[str, Any], data: Any, threads: int = 1) -> None:
+        if config["trial_number"] == 1:
+            raise ValueError("a broken trial")
+        if config["trial_number"] == 2:
+            config = {**config, "optimizer": "sgd", "sgd": {"learning_rate": 1e6}}
+        train_trial(config, data, threads)
+
+    spec = parse_spec({"study": {"name": "mixed", "trials": 3}, "training": {"epochs": 2}, "optimizers": {"adam": {}}})
+    result = run_study(spec, workdir=tmp_path, trainable=trainable)
+    client = MlflowClient(result.mlflow["tracking_uri"])
+    parent, children = runs_of(client, "mixed")
+    by_number = {int(c.data.tags["optuna.trial_number"]): c for c in children}
+    assert {n: c.info.status for n, c in by_number.items()} == {0: "FINISHED", 1: "FAILED", 2: "KILLED"}
+    assert by_number[1].data.tags["state"] == "failed"
+    assert by_number[1].data.tags["fail_reason"] == "ValueError: a broken trial"
+    assert by_number[2].data.tags["state"] == "pruned"
+    assert by_number[2].data.tags["stop_reason"].startswith("diverged: ")
+    assert client.get_metric_history(by_number[2].info.run_id, "val_loss") == []
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["trials_failed"] == 1 and parent.data.metrics["trials_pruned"] == 1

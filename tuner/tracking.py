@@ -1,0 +1,348 @@
+"""The only module that imports MLflow: one parent run per launch, a nested run per trial, batched metrics.
+
+Tracking happens on the driver, in a Ray Tune callback fed by the trials' results; workers never talk to
+MLflow, so nothing changes when the trials run on a cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import mlflow
+import yaml
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from ray import tune
+
+from tuner.errors import TunerError
+from tuner.trainable import MODEL_FILE
+
+if TYPE_CHECKING:
+    from ray.tune.experiment import Trial
+
+    from tuner.runner import StudyResult
+    from tuner.search import StudySearch, TrialOutcome
+    from tuner.spec import Spec
+
+__all__ = [
+    "METRICS",
+    "Tracker",
+    "TrackingCallback",
+    "check_reachable",
+    "experiment_url",
+    "resolve_tracking_uri",
+    "study_experiments",
+]
+
+#: Result keys logged as MLflow metrics, per epoch.
+METRICS = ("loss", "val_loss", "accuracy", "val_accuracy", "mae", "val_mae", "lr")
+#: Trial state -> the MLflow status its run ends with.
+STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
+#: Tags MLflow's UI reads: nesting, and the experiment's view (runs table, not the GenAI traces view).
+PARENT_TAG = "mlflow.parentRunId"
+KIND_TAG = "mlflow.experimentKind"
+
+# MLflow's client prints a "View run" link for every run it ends against a server; tuner prints its own.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+
+def resolve_tracking_uri(uri: str | None, workdir: Path) -> str:
+    """``uri``, else ``MLFLOW_TRACKING_URI``, else MLflow's own default placed in the work directory
+    (``sqlite:///WORKDIR/mlflow.db``), so that ``mlflow ui`` started there shows the study."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workdir / 'mlflow.db'}"
+
+
+def experiment_url(base: str, experiment_id: str, run_id: str | None = None) -> str:
+    """A link that opens the study in MLflow's runs table (its default view is the GenAI one)."""
+    path = f"/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{base.rstrip('/')}{path}?workflowType=machine_learning"
+
+
+def study_experiments(uri: str) -> list[tuple[str, str]]:
+    """``(name, id)`` of every experiment in a store that tuner wrote (it tags them as model development)."""
+    client = MlflowClient(tracking_uri=uri)
+    return [
+        (e.name, e.experiment_id)
+        for e in client.search_experiments(filter_string=f"tags.`{KIND_TAG}` = 'custom_model_development'")
+    ]
+
+
+def check_reachable(uri: str) -> None:
+    """Fail fast, before any trial starts, when a tracking server does not answer.
+
+    Raises:
+        TunerError: the server at ``uri`` is not reachable.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=5).raise_for_status()
+    except requests.RequestException as exc:
+        reason = type(exc).__name__ if isinstance(exc, requests.ConnectionError) else str(exc)
+        raise TunerError(f"cannot reach the MLflow tracking server at {uri} ({reason})") from None
+
+
+@dataclass
+class _TrialRecord:
+    run_id: str
+    number: int
+    optimizer: str
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    checkpoint: Any = None
+
+
+class Tracker:
+    """The MLflow records of one launch: the experiment, the study's parent run and a run per trial."""
+
+    def __init__(
+        self,
+        spec: Spec,
+        uri: str,
+        *,
+        artifact_root: Path | None = None,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
+        self.spec, self.uri = spec, uri
+        self.warn = warn or (lambda text: None)
+        self.client = MlflowClient(tracking_uri=uri)
+        name = spec.study.name
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is None:
+            location = (artifact_root / name).as_uri() if artifact_root else None
+            self.experiment_id = self.client.create_experiment(name, artifact_location=location)
+        else:
+            self.experiment_id = experiment.experiment_id
+        self.client.set_experiment_tag(self.experiment_id, KIND_TAG, "custom_model_development")
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={"tuner.study": name})
+        self.parent_run_id = run.info.run_id
+        settings = [Param(k, _text(v)) for k, v in spec.settings().items()]
+        self.client.log_batch(self.parent_run_id, params=settings)
+        if Path(spec.source).is_file():
+            self.client.log_artifact(self.parent_run_id, spec.source)
+        else:  # a spec built in code: record the document it stands for
+            self.client.log_text(self.parent_run_id, yaml.safe_dump(spec.to_doc(), sort_keys=False), "spec.yaml")
+        self.trials: dict[str, _TrialRecord] = {}
+        self._ended: set[str] = set()
+
+    # -- per trial, called by TrackingCallback on the driver
+
+    def start_trial(self, trial_id: str, config: dict[str, Any]) -> None:
+        if trial_id in self.trials:
+            return  # a trial restarted on another actor keeps its run
+        optimizer = str(config["optimizer"])
+        params = {"optimizer": optimizer, **config.get(optimizer, {})}
+        params.update({k: config[k] for k in ("layers", "units", "activation", "dropout", "batch_size", "epochs")})
+        number = int(config["trial_number"])
+        tags = {
+            PARENT_TAG: self.parent_run_id,
+            "optuna.trial_number": str(number),
+            "ray.trial_id": trial_id,
+            "seed": str(config["seed"]),
+        }
+        run = self.client.create_run(self.experiment_id, run_name=f"trial-{number:03d}-{optimizer}", tags=tags)
+        self.client.log_batch(run.info.run_id, params=[Param(k, _text(v)) for k, v in params.items()])
+        self.trials[trial_id] = _TrialRecord(run.info.run_id, number, optimizer)
+
+    def log_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        record = self.trials.get(trial_id)
+        if record is None:
+            return
+        epoch = int(result["epoch"])
+        stamp = int(time.time() * 1000)
+        metrics = []
+        for key in METRICS:
+            value = result.get(key)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                metrics.append(Metric(key, float(value), stamp, epoch))
+                record.history.setdefault(key, []).append((epoch, float(value)))
+        if metrics:
+            self.client.log_batch(record.run_id, metrics=metrics)
+
+    def end_trial(self, trial_id: str, outcome: TrialOutcome) -> None:
+        record = self.trials.get(trial_id)
+        if record is None or trial_id in self._ended:
+            return
+        tags = [RunTag("state", outcome.state), RunTag("epochs", str(outcome.epochs))]
+        if outcome.reason:
+            key = "fail_reason" if outcome.state == "failed" else "stop_reason"
+            tags.append(RunTag(key, outcome.reason[:5000]))
+        self.client.log_batch(record.run_id, tags=tags)
+        self.client.set_terminated(record.run_id, STATUS[outcome.state])
+        self._ended.add(trial_id)
+
+    # -- the end of the launch
+
+    def finish(self, result: StudyResult, search: StudySearch) -> str | None:
+        """Close what is still open, then put the study's summary and artifacts on the parent run.
+
+        Returns the best model's URI, if one was logged.
+        """
+        for trial_id, outcome in search.outcomes.items():
+            self.end_trial(trial_id, outcome)
+        for trial_id, record in self.trials.items():  # no outcome: Optuna never heard of its end
+            if trial_id not in self._ended:
+                self.client.set_terminated(record.run_id, "FAILED")
+                self._ended.add(trial_id)
+        counts = result.counts()
+        metrics = [Metric(f"trials_{state}", n, int(time.time() * 1000), 0) for state, n in counts.items()]
+        best = result.best
+        tags = []
+        if best is not None and best.value is not None:
+            metrics.append(Metric(f"best_{result.metric}", best.value, int(time.time() * 1000), 0))
+            tags = [RunTag("best_trial", str(best.number))]
+            tags += [RunTag(f"best.{k}", _text(v)) for k, v in best.params.items()]
+        self.client.log_batch(self.parent_run_id, metrics=metrics, tags=tags)
+        model_uri = None
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                self._write_artifacts(Path(tmp), result, search)
+                self.client.log_artifacts(self.parent_run_id, tmp)
+            if best is not None:
+                model_uri = self._log_best_model(best)
+        except Exception as exc:  # the study itself is complete in Optuna and in the runs above
+            self.warn(f"mlflow: could not log the study's artifacts: {type(exc).__name__}: {_first_line(exc)}")
+        status = "KILLED" if result.interrupted else "FINISHED"
+        self.client.set_terminated(self.parent_run_id, status)
+        return model_uri
+
+    def fail(self) -> None:
+        """End every run still open as FAILED (the launch itself broke)."""
+        for trial_id, record in self.trials.items():
+            if trial_id not in self._ended:
+                with contextlib.suppress(Exception):
+                    self.client.set_terminated(record.run_id, "FAILED")
+        with contextlib.suppress(Exception):
+            self.client.set_terminated(self.parent_run_id, "FAILED")
+
+    def _write_artifacts(self, out: Path, result: StudyResult, search: StudySearch) -> None:
+        from tuner import report
+
+        by_number = {o.number: o for o in result.trials}
+        curves = {
+            r.number: report.Curve(
+                r.optimizer, by_number[r.number].state if r.number in by_number else "failed", r.history
+            )
+            for r in self.trials.values()
+        }
+        report.plot_loss_curves(curves, out / "loss_curves.png", metric=result.metric)
+        report.plot_study(search.study, out)
+        self._write_trials_csv(out / "trials.csv", result)
+        if result.best is not None:
+            doc = self.spec.fixed_at(result.best.params).to_doc()
+            (out / "best_params.yaml").write_text(
+                f"# The best trial (#{result.best.number}) of study {result.study}, every value fixed.\n"
+                f"# Re-run it with: tuner launch best_params.yaml --trials 1\n" + yaml.safe_dump(doc, sort_keys=False)
+            )
+
+    def _write_trials_csv(self, path: Path, result: StudyResult) -> None:
+        records = {r.number: r for r in self.trials.values()}
+        names: list[str] = []
+        for outcome in result.trials:
+            names += [k for k in outcome.params if k not in names]
+        metric_keys = [k for k in METRICS if any(k in r.history for r in records.values())]
+        header = ["number", "state", "reason", "epochs", "seed", *names]
+        header += [f"final_{k}" for k in metric_keys] + [f"best_{k}" for k in metric_keys if k != "lr"]
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            for o in sorted(result.trials, key=lambda t: t.number):
+                history = records[o.number].history if o.number in records else {}
+                row = [o.number, o.state, o.reason or "", o.epochs, o.seed, *(o.params.get(n, "") for n in names)]
+                row += [history[k][-1][1] if history.get(k) else "" for k in metric_keys]
+                row += [_best(history.get(k), k) for k in metric_keys if k != "lr"]
+                writer.writerow(row)
+
+    def _log_best_model(self, best: TrialOutcome) -> str | None:
+        record = next((r for r in self.trials.values() if r.number == best.number), None)
+        if record is None or record.checkpoint is None:
+            return None
+        from tuner import model
+
+        with record.checkpoint.as_directory() as directory:
+            net = model.load(Path(directory) / MODEL_FILE)
+        # log_model is MLflow's fluent API: it files the model under the active experiment.
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_experiment(experiment_id=self.experiment_id)
+        info = mlflow.tensorflow.log_model(
+            net,
+            name="best_model",
+            run_id=self.parent_run_id,
+            pip_requirements=model.requirements(),
+        )
+        self.client.set_tag(self.parent_run_id, "best_model_uri", info.model_uri)
+        return str(info.model_uri)
+
+
+class TrackingCallback(tune.Callback):
+    """Feeds the :class:`Tracker` from Ray Tune's events, on the driver.
+
+    It runs after :class:`tuner.search.FailureReasons`, so the state it records is the one Optuna was told.
+    A tracking error is reported (``warn``) and the study goes on: Optuna still holds every trial.
+    """
+
+    def __init__(self, tracker: Tracker, search: StudySearch) -> None:
+        self._tracker, self._search = tracker, search
+        for name in ("on_trial_start", "on_trial_result", "on_trial_complete", "on_trial_error"):
+            setattr(self, name, self._guarded(getattr(self, name)))
+
+    def _guarded(self, method: Callable[..., None]) -> Callable[..., None]:
+        def call(*args: Any, **kwargs: Any) -> None:
+            try:
+                method(*args, **kwargs)
+            except Exception as exc:
+                trial = kwargs.get("trial")
+                what = f"trial {trial.config.get('trial_number')}" if trial is not None else "a trial"
+                self._tracker.warn(f"mlflow: could not record {what}: {type(exc).__name__}: {_first_line(exc)}")
+
+        return call
+
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._tracker.start_trial(trial.trial_id, trial.config)
+
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
+        self._tracker.log_result(trial.trial_id, result)
+
+    def on_checkpoint(self, iteration: int, trials: list[Trial], trial: Trial, checkpoint: Any, **info: Any) -> None:
+        record = self._tracker.trials.get(trial.trial_id)
+        if record is not None:
+            record.checkpoint = checkpoint
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._end(trial)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._end(trial)
+
+    def _end(self, trial: Trial) -> None:
+        outcome = self._search.outcomes.get(trial.trial_id)
+        if outcome is not None:
+            self._tracker.end_trial(trial.trial_id, outcome)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _best(points: list[tuple[int, float]] | None, key: str) -> Any:
+    if not points:
+        return ""
+    values = [v for _, v in points]
+    return max(values) if "accuracy" in key else min(values)
