@@ -51,10 +51,10 @@ def test_optimizers_study_runs_and_optuna_holds_every_trial(tmp_path: Path) -> N
 
 
 def test_a_trial_that_raises_is_failed_and_the_study_goes_on(tmp_path: Path) -> None:
-    def flaky(config: dict[str, Any], data: Any, threads: int = 1) -> None:
+    def flaky(config: dict[str, Any], data: Any, **options: Any) -> None:
         if config["trial_number"] == 1:
             raise RuntimeError("boom in trial 1")
-        train_trial(config, data, threads)
+        train_trial(config, data, **options)
 
     spec = parse_spec({"study": {"name": "flaky", "trials": 3}, "training": {"epochs": 1}, "optimizers": {"adam": {}}})
     result = run_study(spec, workdir=tmp_path, trainable=flaky)

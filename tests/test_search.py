@@ -126,7 +126,7 @@ def test_states_told_to_optuna_are_the_truth(tmp_path: Path) -> None:
     assert trials["t0"].state == TrialState.COMPLETE and trials["t0"].value == 0.25
     assert trials["t0"].intermediate_values == {1: 1.0, 2: 0.5, 3: 1 / 3, 4: 0.25}
     assert trials["t1"].state == TrialState.PRUNED
-    assert trials["t1"].user_attrs["stop_reason"] == "stopped at epoch 2 of 4"
+    assert trials["t1"].user_attrs["stop_reason"] == "stopped by asha at epoch 2 of 4"
     assert trials["t1"].intermediate_values == {1: 0.9, 2: 0.8}
     assert trials["t2"].state == TrialState.PRUNED
     assert trials["t2"].user_attrs["stop_reason"] == "diverged: loss=nan at epoch 2"
@@ -135,6 +135,8 @@ def test_states_told_to_optuna_are_the_truth(tmp_path: Path) -> None:
     assert trials["t4"].state == TrialState.FAIL
     assert trials["t4"].user_attrs["fail_reason"] == "interrupted before it finished"
     assert {o.state for o in s.outcomes.values()} == {"complete", "pruned", "failed"}
+    # Curves are diagnosed when they end; a trial that never reported an epoch has no curve.
+    assert trials["t2"].user_attrs["diagnosis"] == "diverged" and "diagnosis" not in trials["t4"].user_attrs
     assert s.outcomes["t0"].params["optimizer"] in OPTIMIZERS
 
 

@@ -89,10 +89,17 @@ def test_a_launch_records_the_study_in_the_local_store(optimizers_launch: tuple[
     assert (workdir / "mlartifacts").is_dir() and not (Path.cwd() / "mlruns").exists()
 
 
-def test_the_best_model_reloads_and_reproduces_its_val_loss(optimizers_launch: tuple[Path, dict]) -> None:
+def test_the_best_model_reloads_and_reproduces_its_val_loss(
+    optimizers_launch: tuple[Path, dict], tmp_path: Path
+) -> None:
     _, summary = optimizers_launch
-    mlflow.set_tracking_uri(summary["mlflow"]["tracking_uri"])
-    net = mlflow.tensorflow.load_model(summary["mlflow"]["model_uri"])
+    runs = summary["mlflow"]
+    assert runs["model_uri"] == f"runs:/{runs['parent_run_id']}/best_model"
+    # Fetch it with an explicit tracking URI: mlflow.set_tracking_uri would leak into later tests' env.
+    local = mlflow.artifacts.download_artifacts(
+        runs["model_uri"], tracking_uri=runs["tracking_uri"], dst_path=str(tmp_path)
+    )
+    net = mlflow.tensorflow.load_model(local)
     spec = load_spec(ROOT / "search_spaces" / "optimizers.yaml")
     data = load_dataset(spec.data, seed=spec.study.seed)
     loss = net.evaluate(data.x_val, data.y_val, verbose=0, return_dict=True)["loss"]
@@ -183,12 +190,12 @@ def test_no_run_is_left_running_when_trials_fail_or_diverge(tmp_path: Path, monk
 
     monkeypatch.setattr(MlflowClient, "log_metric", refuse)
 
-    def trainable(config: dict[str, Any], data: Any, threads: int = 1) -> None:
+    def trainable(config: dict[str, Any], data: Any, **options: Any) -> None:
         if config["trial_number"] == 1:
             raise ValueError("a broken trial")
         if config["trial_number"] == 2:
             config = {**config, "optimizer": "sgd", "sgd": {"learning_rate": 1e6}}
-        train_trial(config, data, threads)
+        train_trial(config, data, **options)
 
     spec = parse_spec({"study": {"name": "mixed", "trials": 3}, "training": {"epochs": 2}, "optimizers": {"adam": {}}})
     result = run_study(spec, workdir=tmp_path, trainable=trainable)

@@ -104,8 +104,7 @@ def launch(
 ) -> None:
     """Run the study SPEC describes and print its best trials."""
     loaded = load_spec(spec).override(trials=trials, concurrency=concurrency, epochs=epochs, seed=seed, name=name)
-    if not verbose:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else "3")
     from rich.console import Console
 
     from tuner import report

@@ -1,21 +1,45 @@
 """The only module that imports TensorFlow: the MLP, the optimizers (with classic decay), the training loop.
 
-It runs on the workers. The driver never imports it, so that ``tuner`` itself starts fast and small.
+It runs on the workers; the driver imports it only at the end of a study, to log the best model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import os
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
+
+from tuner.pruning import Divergence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import keras
-import tensorflow as tf
+
+@contextlib.contextmanager
+def _silent_stderr() -> Iterator[None]:
+    """TensorFlow's C++ runtime writes to file descriptor 2 while it loads, before TF_CPP_MIN_LOG_LEVEL
+    applies (oneDNN and CUDA notes); hide those lines unless the user asked for TensorFlow's logs."""
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") == "0":
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+with _silent_stderr():
+    import keras
+    import tensorflow as tf
 
 if TYPE_CHECKING:
     from tuner.data import Dataset
@@ -114,11 +138,12 @@ def requirements() -> list[str]:
 Report = Callable[[dict[str, Any], keras.Model], None]
 
 
-def train(data: Dataset, config: Mapping[str, Any], report: Report) -> None:
+def train(data: Dataset, config: Mapping[str, Any], report: Report, divergence: Divergence | None = None) -> None:
     """Train one trial epoch by epoch, calling ``report(metrics, model)`` after each epoch.
 
-    A non-finite loss stops training inside the epoch it appears in; that epoch's report carries
-    ``stop_reason`` and no non-finite number (those metrics are ``None``).
+    A non-finite loss stops training inside the epoch it appears in, and ``divergence`` (the ratio rule)
+    may stop it after an epoch; that epoch's report carries ``stop_reason`` and no non-finite number
+    (those metrics are ``None``).
     """
     keras.backend.clear_session()
     keras.utils.set_random_seed(int(config["seed"]))
@@ -146,27 +171,33 @@ def train(data: Dataset, config: Mapping[str, Any], report: Report) -> None:
         validation_data=(data.x_val, data.y_val),
         shuffle=True,
         verbose=0,
-        callbacks=[_Report(report, optimizer)],
+        callbacks=[_Report(report, optimizer, divergence or Divergence(max_ratio=None))],
     )
 
 
 class _Report(keras.callbacks.Callback):
-    def __init__(self, report: Report, optimizer: keras.optimizers.Optimizer) -> None:
+    def __init__(self, report: Report, optimizer: keras.optimizers.Optimizer, divergence: Divergence) -> None:
         super().__init__()
-        self._report, self._optimizer = report, optimizer
+        self._report, self._optimizer, self._divergence = report, optimizer, divergence
 
     def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
-        if logs and not math.isfinite(float(logs["loss"])):
+        if not logs:
+            return
+        loss = float(logs["loss"])
+        self._divergence.first(loss)
+        if not math.isfinite(loss):  # stop inside the epoch: the rest of it would be NaN too
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         metrics: dict[str, Any] = {k: float(v) for k, v in (logs or {}).items()}
         metrics["lr"] = current_learning_rate(self._optimizer)
         bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+        reason = self._divergence.check(epoch + 1, metrics["loss"])
+        if reason is None and bad:
+            reason = f"diverged: {bad[0]}={metrics[bad[0]]:g} at epoch {epoch + 1}"
         metrics["epoch"] = epoch + 1
-        if bad:
-            key = "loss" if "loss" in bad else bad[0]
-            metrics["stop_reason"] = f"diverged: {key}={metrics[key]:g} at epoch {epoch + 1}"
+        if reason is not None:
+            metrics["stop_reason"] = reason
             metrics.update({k: None for k in bad})
             self.model.stop_training = True
         self._report(metrics, self.model)

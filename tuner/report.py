@@ -28,7 +28,14 @@ __all__ = [
 
 #: Optuna's parameter importances need a few complete trials to mean anything.
 MIN_TRIALS_FOR_IMPORTANCE = 5
-OPTIMIZER_COLORS = {"sgd": "tab:blue", "rmsprop": "tab:orange", "adam": "tab:green"}
+DIAGNOSIS_COLORS = {
+    "good": "tab:green",
+    "too_slow": "tab:blue",
+    "plateau": "tab:purple",
+    "oscillating": "tab:orange",
+    "diverged": "tab:red",
+}
+OPTIMIZER_MARKERS = {"sgd": "o", "rmsprop": "s", "adam": "^"}
 
 
 def fmt(value: Any) -> str:
@@ -45,9 +52,11 @@ def params_text(params: dict[str, Any]) -> str:
 
 
 def trial_line(outcome: TrialOutcome, metric: str, done: int, total: int) -> str:
-    """``[ 3/30] trial #2   complete  val_loss=0.1234  20 epochs  optimizer=adam learning_rate=0.002``"""
+    """``[ 3/30] trial #2   complete  val_loss=0.1234 (good)  20 epochs  optimizer=adam learning_rate=0.002``"""
     width = len(str(total))
     what = f"{metric}={fmt(outcome.value)}" if outcome.state == "complete" else outcome.reason or ""
+    if outcome.diagnosis:
+        what += f" ({outcome.diagnosis})"
     epochs = f"{outcome.epochs} epoch{'s' * (outcome.epochs != 1)}"
     return (
         f"[{done:>{width}}/{total}] trial #{outcome.number:<3} {outcome.state:<8}  {what}  {epochs}  "
@@ -65,12 +74,13 @@ def best_table(result: StudyResult, limit: int = 10) -> Table:
         names += [k for k in row.params if k not in names]
     arrow = "↓" if result.mode == "min" else "↑"
     table = Table(title=f"{result.study}: best trials by {result.metric} {arrow}", title_justify="left")
-    for column in ("rank", "trial", "state", result.metric, "epochs", *names):
-        table.add_column(column, justify="right" if column not in ("state", "optimizer", "activation") else "left")
+    left = ("state", "diagnosis", "optimizer", "activation")
+    for column in ("rank", "trial", "state", "diagnosis", result.metric, "epochs", *names):
+        table.add_column(column, justify="left" if column in left else "right")
     for rank, row in enumerate(rows, start=1):
         ranked = row.value is not None
         value = fmt(row.value) if ranked else (row.reason or "-")
-        cells = [str(rank) if ranked else "-", f"#{row.number}", row.state, value, str(row.epochs)]
+        cells = [str(rank) if ranked else "-", f"#{row.number}", row.state, row.diagnosis or "", value, str(row.epochs)]
         table.add_row(*cells, *(fmt(row.params[n]) if n in row.params else "" for n in names))
     return table
 
@@ -92,12 +102,13 @@ class Curve:
     optimizer: str
     state: str
     history: Mapping[str, list[tuple[int, float]]]
+    diagnosis: str | None = None
 
 
 def plot_loss_curves(curves: Mapping[int, Curve], path: Path, *, metric: str = "val_loss") -> None:
-    """Every trial's validation and training loss against epoch, coloured by optimizer: the picture from
-    which a person judges learning rates (smooth descent, oscillation, blow-up). Trials that did not
-    complete are dotted and end in a cross."""
+    """Every trial's validation and training loss against epoch, coloured by its diagnosis (marked by
+    optimizer): the picture from which a person judges learning rates (smooth descent, oscillation,
+    blow-up). Trials that did not complete are dotted and end in a cross."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -108,7 +119,8 @@ def plot_loss_curves(curves: Mapping[int, Curve], path: Path, *, metric: str = "
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
     positive = True
     for _, curve in sorted(curves.items()):
-        color = OPTIMIZER_COLORS.get(curve.optimizer, "tab:gray")
+        color = DIAGNOSIS_COLORS.get(curve.diagnosis or "", "tab:gray")
+        marker = OPTIMIZER_MARKERS.get(curve.optimizer, ".")
         done = curve.state == "complete"
         for ax, key in zip(axes, ("val_loss", "loss"), strict=True):
             points = curve.history.get(key)
@@ -116,9 +128,10 @@ def plot_loss_curves(curves: Mapping[int, Curve], path: Path, *, metric: str = "
                 continue
             xs, ys = zip(*points, strict=True)
             positive = positive and min(ys) > 0
-            ax.plot(xs, ys, color=color, linestyle="-" if done else ":", alpha=0.85 if done else 0.6, linewidth=1.2)
+            style = {"linestyle": "-" if done else ":", "alpha": 0.85 if done else 0.6, "linewidth": 1.2}
+            ax.plot(xs, ys, color=color, marker=marker, markersize=3, **style)
             if not done:
-                ax.plot(xs[-1:], ys[-1:], color=color, marker="x", markersize=7)
+                ax.plot(xs[-1:], ys[-1:], color=color, marker="x", markersize=8)
     for ax, title in zip(axes, ("validation loss", "training loss"), strict=True):
         ax.set_title(title)
         ax.set_xlabel("epoch")
@@ -127,8 +140,10 @@ def plot_loss_curves(curves: Mapping[int, Curve], path: Path, *, metric: str = "
         if positive:
             ax.set_yscale("log")
     axes[0].set_ylabel("loss")
-    seen = sorted({c.optimizer for c in curves.values()})
-    handles = [Line2D([], [], color=OPTIMIZER_COLORS.get(o, "tab:gray"), label=o) for o in seen]
+    labels = [d for d in DIAGNOSIS_COLORS if any(c.diagnosis == d for c in curves.values())]
+    handles = [Line2D([], [], color=DIAGNOSIS_COLORS[d], label=d) for d in labels]
+    optimizers = sorted({c.optimizer for c in curves.values()})
+    handles += [Line2D([], [], color="gray", marker=OPTIMIZER_MARKERS.get(o, "."), label=o) for o in optimizers]
     handles += [
         Line2D([], [], color="black", label="complete"),
         Line2D([], [], color="black", linestyle=":", marker="x", label="pruned / failed"),

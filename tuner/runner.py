@@ -22,6 +22,7 @@ from ray import tune
 from tuner import tracking
 from tuner.data import Dataset, load_dataset
 from tuner.errors import TunerError
+from tuner.pruning import make_scheduler
 from tuner.search import (
     FailureReasons,
     StudySearch,
@@ -109,8 +110,8 @@ def run_study(
         progress: called on the driver with each trial's outcome as it ends.
         announce: called once with a line describing the study about to run.
         warn: called with a line when something goes wrong that does not stop the study (e.g. MLflow).
-        trainable: the function each trial runs, ``(config, data, threads)``; tuner's Keras trainer unless
-            you bring your own.
+        trainable: the function each trial runs, ``(config, data, *, threads, pruning)``; tuner's Keras
+            trainer unless you bring your own.
 
     Raises:
         SpecError: the data the spec names cannot be loaded (nothing has been created).
@@ -189,13 +190,16 @@ def _tune(
     """Run the trials through Ray Tune; returns whether the run was interrupted."""
     threads = max(1, int(spec.resources.cpus_per_trial))
     resourced = tune.with_resources(
-        tune.with_parameters(trainable, data=dataset, threads=threads),
+        tune.with_parameters(trainable, data=dataset, threads=threads, pruning=spec.pruning),
         {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
     )
     tuner = tune.Tuner(
         resourced,
         tune_config=tune.TuneConfig(
             search_alg=search,
+            scheduler=make_scheduler(
+                spec.pruning, metric=spec.study.metric, mode=spec.study.mode, epochs=spec.training.epochs
+            ),
             num_samples=trials,
             max_concurrent_trials=concurrency,
             reuse_actors=True,
@@ -274,10 +278,11 @@ def _quiet(verbose: bool) -> None:
 
 
 def _init_ray(address: str | None, verbose: bool) -> None:
+    env = {**WORKER_ENV, "TF_CPP_MIN_LOG_LEVEL": "0"} if verbose else WORKER_ENV
     kwargs: dict[str, Any] = {
         "log_to_driver": verbose,
         "logging_level": logging.INFO if verbose else logging.ERROR,
-        "runtime_env": {"env_vars": dict(WORKER_ENV)},
+        "runtime_env": {"env_vars": dict(env)},
     }
     if not (address or os.environ.get("RAY_ADDRESS")):
         kwargs["include_dashboard"] = False

@@ -20,6 +20,7 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from tuner.errors import TunerError, UsageError
+from tuner.pruning import diagnose
 from tuner.space import SearchSpace, plain_params
 from tuner.trainable import STOP_REASON
 
@@ -54,6 +55,7 @@ class TrialOutcome:
     seed: int | None = None
     reason: str | None = None
     trial_id: str | None = None
+    diagnosis: str | None = None
 
     @classmethod
     def from_frozen(cls, trial: optuna.trial.FrozenTrial) -> TrialOutcome:
@@ -67,6 +69,7 @@ class TrialOutcome:
             seed=attrs.get("seed"),
             reason=attrs.get("stop_reason") or attrs.get("fail_reason"),
             trial_id=attrs.get("ray_trial_id"),
+            diagnosis=attrs.get("diagnosis"),
         )
 
 
@@ -192,7 +195,11 @@ class StudySearch(OptunaSearch):
             storage=storage,
         )
         self._epochs = spec.training.epochs
+        self._scheduler = spec.pruning.scheduler
         self._failed: set[str] = set()
+        # Each trial's loss curves, epoch -> value, for the diagnosis; and the best validation loss so far.
+        self._curves: dict[str, dict[str, dict[int, float]]] = {}
+        self._best_val_loss: float | None = None
         self.outcomes: dict[str, TrialOutcome] = {}
 
     @property
@@ -205,10 +212,26 @@ class StudySearch(OptunaSearch):
         return sorted(t.number for t in self._ot_trials.values())
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        value = result.get(self.metric)
-        if trial_id in self._completed_trials or value is None or not math.isfinite(value):
+        if trial_id not in self._completed_trials:
+            self._observe(trial_id, result)
+
+    def _observe(self, trial_id: str, result: dict[str, Any]) -> None:
+        """Keep an epoch's losses for the diagnosis and report its metric to Optuna, if finite.
+
+        Called for the last result too: Tune does not pass the searcher a result on which a scheduler
+        or stopper ended the trial (ASHA's STOP at the last epoch included).
+        """
+        if "epoch" not in result:
             return
-        self._ot_trials[trial_id].report(float(value), int(result["epoch"]))
+        epoch = int(result["epoch"])
+        curves = self._curves.setdefault(trial_id, {"loss": {}, "val_loss": {}})
+        seen = epoch in curves["loss"]
+        for key, points in curves.items():
+            value = result.get(key)
+            points[epoch] = math.nan if value is None else float(value)
+        value = result.get(self.metric)
+        if not seen and value is not None and math.isfinite(value):
+            self._ot_trials[trial_id].report(float(value), epoch)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -218,11 +241,13 @@ class StudySearch(OptunaSearch):
             self._failed.add(trial_id)
             return
         result = result or {}
+        self._observe(trial_id, result)
         epochs = int(result.get("epoch") or 0)
         value = result.get(self.metric)
         reason = result.get(STOP_REASON)
         if reason is None and epochs < self._epochs:
-            reason = f"stopped at epoch {epochs} of {self._epochs}"
+            by = f" by {self._scheduler}" if self._scheduler != "none" else ""
+            reason = f"stopped{by} at epoch {epochs} of {self._epochs}"
         if reason is None and (value is None or not math.isfinite(value)):
             reason = f"{self.metric} was not a finite number"
         if reason is None:
@@ -254,6 +279,9 @@ class StudySearch(OptunaSearch):
         trial.set_user_attr("ray_trial_id", trial_id)
         for key, text in reason.items():
             trial.set_user_attr(key, text)
+        label = self._diagnose(trial_id, reason.get("stop_reason"))
+        if label is not None:
+            trial.set_user_attr("diagnosis", label)
         storage = self.study._storage
         try:
             self.study.tell(trial, value, state=state)
@@ -264,6 +292,18 @@ class StudySearch(OptunaSearch):
                 raise
         self._completed_trials.add(trial_id)
         self.outcomes[trial_id] = TrialOutcome.from_frozen(storage.get_trial(trial._trial_id))
+        val_loss = self._curves.get(trial_id, {}).get("val_loss", {})
+        if state == TrialState.COMPLETE and val_loss and math.isfinite(last := val_loss[max(val_loss)]):
+            self._best_val_loss = last if self._best_val_loss is None else min(self._best_val_loss, last)
+
+    def _diagnose(self, trial_id: str, stop_reason: str | None) -> str | None:
+        """The label of a trial's training-loss curve (see :func:`tuner.pruning.diagnose`); None without one."""
+        curves = self._curves.get(trial_id)
+        if not curves or not curves["loss"]:
+            return None
+        loss = [curves["loss"][e] for e in sorted(curves["loss"])]
+        val_loss = [curves["val_loss"][e] for e in sorted(curves["val_loss"])]
+        return diagnose(loss, val_loss, stop_reason=stop_reason, best_val_loss=self._best_val_loss)
 
 
 class FailureReasons(tune.Callback):

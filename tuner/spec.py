@@ -127,7 +127,16 @@ class Optimizer:
 
 @dataclass(frozen=True)
 class Pruning:
-    """Filled in by the pruning issue; today ``pruning: {}``."""
+    """When to stop a trial early: its own divergence, and a Ray Tune scheduler comparing trials.
+
+    ``max_ratio=None`` turns the ratio rule off; a NaN or infinite loss stops a trial whatever the spec says.
+    """
+
+    max_ratio: float | None = 10.0
+    patience: int = 1
+    scheduler: str = "asha"
+    grace_epochs: int = 2
+    reduction_factor: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -242,11 +251,21 @@ class Spec:
             "model": {k: _value_doc(values[k]) for k in ("layers", "units", "activation", "dropout")},
             "training": {"epochs": self.training.epochs, "batch_size": _value_doc(self.training.batch_size)},
             "optimizers": {o.name: {k: _value_doc(v) for k, v in o.params} for o in self.optimizers},
-            "pruning": {},
+            "pruning": self._pruning_doc(),
             "resources": {
                 "cpus_per_trial": self.resources.cpus_per_trial,
                 "gpus_per_trial": self.resources.gpus_per_trial,
             },
+        }
+
+    def _pruning_doc(self) -> dict[str, Any]:
+        p = self.pruning
+        divergence: Any = False if p.max_ratio is None else {"max_ratio": p.max_ratio, "patience": p.patience}
+        return {
+            "divergence": divergence,
+            "scheduler": p.scheduler,
+            "grace_epochs": p.grace_epochs,
+            "reduction_factor": p.reduction_factor,
         }
 
     def fixed_at(self, params: dict[str, Any]) -> Spec:
@@ -532,9 +551,9 @@ class _Reader:
         model_node = self.mapping(doc.get("model"), "model", tuple(_MODEL_RULES), "model")
         model = Model(**{k: self.value(v, _join("model", k), _MODEL_RULES[k]) for k, v in model_node.items()})
         training = self.training(doc.get("training"))
-        self.mapping(doc.get("pruning"), "pruning", (), "pruning")
+        pruning = self.pruning(doc.get("pruning"))
         resources = self.resources(doc.get("resources"))
-        spec = Spec(self.source, study, data, model, training, optimizers, Pruning(), resources)
+        spec = Spec(self.source, study, data, model, training, optimizers, pruning, resources)
         if study.sampler == "grid":
             for name, value in spec.searched():
                 if isinstance(value, Range) and not value.integer and value.step is None:
@@ -682,6 +701,35 @@ class _Reader:
         epochs = self.scalar(epochs, "training.epochs", _AT_LEAST_1)
         batch = self.value(node.get("batch_size", 64), "training.batch_size", _AT_LEAST_1)
         return Training(epochs, batch)
+
+    def pruning(self, node: Any) -> Pruning:
+        keys = ("divergence", "scheduler", "grace_epochs", "reduction_factor")
+        node = self.mapping(node, "pruning", keys, "pruning")
+        divergence = node.get("divergence", True)
+        max_ratio: float | None = 10.0
+        patience = 1
+        if divergence is False:
+            max_ratio = None
+        elif isinstance(divergence, dict):
+            rule = self.mapping(divergence, "pruning.divergence", ("max_ratio", "patience"), "pruning.divergence")
+            max_ratio = self.scalar(
+                rule.get("max_ratio", 10.0),
+                "pruning.divergence.max_ratio",
+                _Rule("float", "must be > 1", lambda v: v > 1),
+            )
+            patience = self.scalar(rule.get("patience", 1), "pruning.divergence.patience", _AT_LEAST_1)
+        elif divergence is not True:
+            raise self.fail("pruning.divergence", "must be true, false or {max_ratio, patience}", divergence)
+        scheduler = self.scalar(
+            node.get("scheduler", "asha"),
+            "pruning.scheduler",
+            _Rule("str", options=("asha", "hyperband", "median", "none")),
+        )
+        grace = self.scalar(node.get("grace_epochs", 2), "pruning.grace_epochs", _AT_LEAST_1)
+        factor = self.scalar(
+            node.get("reduction_factor", 3), "pruning.reduction_factor", _Rule("float", "must be > 1", lambda v: v > 1)
+        )
+        return Pruning(max_ratio, patience, scheduler, grace, factor)
 
     def resources(self, node: Any) -> Resources:
         node = self.mapping(node, "resources", ("cpus_per_trial", "gpus_per_trial"), "resources")

@@ -174,6 +174,8 @@ class Tracker:
         if record is None or trial_id in self._ended:
             return
         tags = [RunTag("state", outcome.state), RunTag("epochs", str(outcome.epochs))]
+        if outcome.diagnosis:
+            tags.append(RunTag("diagnosis", outcome.diagnosis))
         if outcome.reason:
             key = "fail_reason" if outcome.state == "failed" else "stop_reason"
             tags.append(RunTag(key, outcome.reason[:5000]))
@@ -228,13 +230,12 @@ class Tracker:
     def _write_artifacts(self, out: Path, result: StudyResult, search: StudySearch) -> None:
         from tuner import report
 
-        by_number = {o.number: o for o in result.trials}
-        curves = {
-            r.number: report.Curve(
-                r.optimizer, by_number[r.number].state if r.number in by_number else "failed", r.history
-            )
-            for r in self.trials.values()
-        }
+        ends = {o.number: o for o in result.trials}
+        curves = {}
+        for r in self.trials.values():
+            end = ends.get(r.number)
+            state, label = (end.state, end.diagnosis) if end else ("failed", None)
+            curves[r.number] = report.Curve(r.optimizer, state, r.history, label)
         report.plot_loss_curves(curves, out / "loss_curves.png", metric=result.metric)
         report.plot_study(search.study, out)
         self._write_trials_csv(out / "trials.csv", result)
@@ -251,14 +252,15 @@ class Tracker:
         for outcome in result.trials:
             names += [k for k in outcome.params if k not in names]
         metric_keys = [k for k in METRICS if any(k in r.history for r in records.values())]
-        header = ["number", "state", "reason", "epochs", "seed", *names]
+        header = ["number", "state", "diagnosis", "reason", "epochs", "seed", *names]
         header += [f"final_{k}" for k in metric_keys] + [f"best_{k}" for k in metric_keys if k != "lr"]
         with path.open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(header)
             for o in sorted(result.trials, key=lambda t: t.number):
                 history = records[o.number].history if o.number in records else {}
-                row = [o.number, o.state, o.reason or "", o.epochs, o.seed, *(o.params.get(n, "") for n in names)]
+                row = [o.number, o.state, o.diagnosis or "", o.reason or "", o.epochs, o.seed]
+                row += [o.params.get(n, "") for n in names]
                 row += [history[k][-1][1] if history.get(k) else "" for k in metric_keys]
                 row += [_best(history.get(k), k) for k in metric_keys if k != "lr"]
                 writer.writerow(row)
@@ -271,17 +273,15 @@ class Tracker:
 
         with record.checkpoint.as_directory() as directory:
             net = model.load(Path(directory) / MODEL_FILE)
-        # log_model is MLflow's fluent API: it files the model under the active experiment.
-        mlflow.set_tracking_uri(self.uri)
-        mlflow.set_experiment(experiment_id=self.experiment_id)
-        info = mlflow.tensorflow.log_model(
-            net,
-            name="best_model",
-            run_id=self.parent_run_id,
-            pip_requirements=model.requirements(),
-        )
-        self.client.set_tag(self.parent_run_id, "best_model_uri", info.model_uri)
-        return str(info.model_uri)
+        # Saved in MLflow's model format and logged with this launch's client: the fluent log_model would
+        # set the process-wide tracking URI (and MLFLOW_TRACKING_URI) as a side effect.
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "best_model"
+            mlflow.tensorflow.save_model(net, str(path), pip_requirements=model.requirements())
+            self.client.log_artifacts(self.parent_run_id, str(path), "best_model")
+        uri = f"runs:/{self.parent_run_id}/best_model"
+        self.client.set_tag(self.parent_run_id, "best_model_uri", uri)
+        return uri
 
 
 class TrackingCallback(tune.Callback):

@@ -11,8 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 from ray import tune
 
+from tuner.pruning import Divergence
+
 if TYPE_CHECKING:
     from tuner.data import Dataset
+    from tuner.spec import Pruning
 
 __all__ = ["MODEL_FILE", "STOP_REASON", "train_trial"]
 
@@ -22,11 +25,11 @@ STOP_REASON = "stop_reason"
 MODEL_FILE = "model.keras"
 
 
-def train_trial(config: dict[str, Any], data: Dataset, threads: int = 1) -> None:
+def train_trial(config: dict[str, Any], data: Dataset, *, threads: int = 1, pruning: Pruning | None = None) -> None:
     """Train the trial described by ``config`` on ``data``, reporting each epoch to Ray Tune.
 
-    ``data`` arrives through ``tune.with_parameters``: the driver put it in Ray's object store once,
-    and every trial on every worker reads that same copy.
+    ``data``, ``threads`` and ``pruning`` arrive through ``tune.with_parameters``: the driver put the data
+    in Ray's object store once, and every trial on every worker reads that same copy.
     """
     from tuner import model  # TensorFlow is imported on the workers only.
 
@@ -42,4 +45,5 @@ def train_trial(config: dict[str, Any], data: Dataset, threads: int = 1) -> None
             model.save(net, os.path.join(directory, MODEL_FILE))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
-    model.train(data, config, report=report)
+    divergence = Divergence(pruning.max_ratio, pruning.patience) if pruning else None
+    model.train(data, config, report=report, divergence=divergence)
