@@ -127,7 +127,7 @@ def test_launch_end_to_end_with_json_and_the_optuna_cli(optimizers_launch: tuple
 def test_ctrl_c_stops_the_study_cleanly(tmp_path: Path) -> None:
     spec = write(
         tmp_path / "long.yaml",
-        "study: {name: long, trials: 40}\ntraining: {epochs: 30}\noptimizers: {adam: {}}\n",
+        "study: {name: long, trials: 40}\ntraining: {epochs: 30}\npruning: {scheduler: none}\noptimizers: {adam: {}}\n",
     )
     proc = subprocess.Popen(
         [TUNER, "launch", str(spec), "--workdir", str(tmp_path), "--json"],
