@@ -102,3 +102,55 @@ def test_layers_units_and_dropout_shape_the_model() -> None:
     assert kinds == ["Dense", "Dropout", "Dense", "Dropout", "Dense"]
     assert net.output_shape == (None, 3)
     assert np.isclose(net.predict(np.zeros((2, 4), np.float32), verbose=0).sum(axis=1), 1).all()
+
+
+EQUIVALENT = [
+    ("sgd", {"learning_rate": 0.05, "momentum": 0.9, "nesterov": True, "decay": 1e-3}),
+    ("sgd", {"learning_rate": 0.1}),
+    ("rmsprop", {"learning_rate": 0.003, "rho": 0.85, "momentum": 0.5, "decay": 1e-3}),
+    ("rmsprop", {"learning_rate": 0.001}),
+    ("adam", {"learning_rate": 0.003, "beta_1": 0.85, "beta_2": 0.99, "decay": 1e-3}),
+    ("adam", {"learning_rate": 0.003, "amsgrad": True}),
+    ("adam", {}),  # Keras' defaults; 1 - 0.999 in float32 would already drift from Keras
+]
+
+
+@pytest.mark.parametrize(("name", "params"), EQUIVALENT, ids=[f"{n}-{sorted(p)}" for n, p in EQUIVALENT])
+def test_the_engine_trains_exactly_as_keras_fit(name: str, params: dict[str, Any]) -> None:
+    """Same initial weights, same batch order: tuner's compiled engine and Keras' own optimizer under
+    model.fit agree on the loss of every epoch and on the weights after three."""
+    data = load_dataset(parse_spec({"data": {"dataset": "digits"}, "optimizers": {"adam": {}}}).data, seed=0)
+    shape = model.Shape(64, 10, layers=2, units=32, activation="relu", dropout=0.0)
+    engine = model.Engine(shape)
+    engine.reset(name, params, seed=3)
+    net = model.build_model(64, 10, layers=2, units=32, activation="relu", dropout=0.0)
+    net.set_weights([w.numpy() for w in engine.net.weights])
+    net.compile(optimizer=model.build_optimizer(name, params), loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    orders = [rng.permutation(len(data.x_train)) for _ in range(3)]
+    x, y = model.tf.constant(data.x_train), model.tf.constant(data.y_train)
+    ours = [engine.train_epoch(x, y, order, 64)[0] for order in orders]
+    theirs = [
+        net.fit(data.x_train[o], data.y_train[o], batch_size=64, epochs=1, shuffle=False, verbose=0).history["loss"][0]
+        for o in orders
+    ]
+    assert ours == pytest.approx(theirs, rel=1e-4)
+    for mine, keras_weight in zip(engine.net.get_weights(), net.get_weights(), strict=True):
+        np.testing.assert_allclose(mine, keras_weight, rtol=1e-5, atol=1e-7)
+
+
+def test_trials_of_one_architecture_share_one_trace(iris: Dataset) -> None:
+    """The engine's epoch is traced once per architecture: new optimizers, hyperparameters and batch
+    sizes are values, not new graphs."""
+    base = config(layers=1, units=12)
+    reports: list[dict[str, Any]] = []
+    for cfg in (
+        base,
+        config(layers=1, units=12, optimizer="sgd", sgd={"learning_rate": 0.1, "momentum": 0.9, "nesterov": True}),
+        config(layers=1, units=12, optimizer="rmsprop", rmsprop={"rho": 0.8}, batch_size=7),
+        config(layers=1, units=12, adam={"amsgrad": True, "decay": 0.01}, seed=11),
+    ):
+        model.train(iris, cfg, lambda metrics, engine: reports.append(metrics))
+    engine = model.engine_for(model.Shape.of(iris, base))
+    assert engine._train.experimental_get_tracing_count() == 1
+    assert len(reports) == 4 * 3

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
+from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from tuner import run_study
@@ -44,10 +44,10 @@ def test_optimizers_study_runs_and_optuna_holds_every_trial(tmp_path: Path) -> N
     assert result.best is not None and result.best.number == best.number
     assert result.to_json()["best"]["value"] == best.value
     # Ray Tune reused the two actors (concurrency 2) instead of starting a process per trial.
-    pids = {
-        json.loads(line)["pid"] for f in Path(result.experiment_path).glob("trial-*/result.json") for line in f.open()
-    }
-    assert 1 <= len(pids) <= 2
+    client = MlflowClient(result.mlflow["tracking_uri"])
+    children = client.search_runs([result.mlflow["experiment_id"]], "tags.`mlflow.parentRunId` != ''")
+    pids = {run.data.tags["ray.pid"] for run in children}
+    assert len(children) == 6 and 1 <= len(pids) <= 2
 
 
 def test_a_trial_that_raises_is_failed_and_the_study_goes_on(tmp_path: Path) -> None:

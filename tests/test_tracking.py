@@ -92,14 +92,16 @@ def test_a_launch_records_the_study_in_the_local_store(optimizers_launch: tuple[
 def test_the_best_model_reloads_and_reproduces_its_val_loss(
     optimizers_launch: tuple[Path, dict], tmp_path: Path
 ) -> None:
+    import keras
+
     _, summary = optimizers_launch
     runs = summary["mlflow"]
-    assert runs["model_uri"] == f"runs:/{runs['parent_run_id']}/best_model"
+    assert runs["model_uri"] == f"runs:/{runs['parent_run_id']}/best_model/model.keras"
     # Fetch it with an explicit tracking URI: mlflow.set_tracking_uri would leak into later tests' env.
     local = mlflow.artifacts.download_artifacts(
         runs["model_uri"], tracking_uri=runs["tracking_uri"], dst_path=str(tmp_path)
     )
-    net = mlflow.tensorflow.load_model(local)
+    net = keras.models.load_model(local)
     spec = load_spec(ROOT / "search_spaces" / "optimizers.yaml")
     data = load_dataset(spec.data, seed=spec.study.seed)
     loss = net.evaluate(data.x_val, data.y_val, verbose=0, return_dict=True)["loss"]

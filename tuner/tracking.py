@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import mlflow
 import yaml
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -45,6 +44,11 @@ __all__ = [
 
 #: Result keys logged as MLflow metrics, per epoch.
 METRICS = ("loss", "val_loss", "accuracy", "val_accuracy", "mae", "val_mae", "lr")
+#: A trial's metrics wait at most this long on the driver before one log_batch sends them (and always go
+#: when the trial ends): a request per epoch would cost more than a small trial's training.
+FLUSH_SECONDS = 2.0
+#: MLflow takes at most 1000 metrics per log_batch.
+MAX_BATCH = 1000
 #: Trial state -> the MLflow status its run ends with.
 STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
 #: Tags MLflow's UI reads: nesting, and the experiment's view (runs table, not the GenAI traces view).
@@ -100,6 +104,9 @@ class _TrialRecord:
     optimizer: str
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     checkpoint: Any = None
+    pending: list[Metric] = field(default_factory=list)
+    flushed: float = field(default_factory=time.monotonic)
+    where: tuple[str, str] | None = None
 
 
 class Tracker:
@@ -160,14 +167,24 @@ class Tracker:
             return
         epoch = int(result["epoch"])
         stamp = int(time.time() * 1000)
-        metrics = []
+        if record.where is None and "node_ip" in result:
+            record.where = (str(result["node_ip"]), str(result.get("pid", "")))
+            self.client.log_batch(
+                record.run_id, tags=[RunTag("ray.node_ip", record.where[0]), RunTag("ray.pid", record.where[1])]
+            )
         for key in METRICS:
             value = result.get(key)
             if isinstance(value, (int, float)) and math.isfinite(value):
-                metrics.append(Metric(key, float(value), stamp, epoch))
+                record.pending.append(Metric(key, float(value), stamp, epoch))
                 record.history.setdefault(key, []).append((epoch, float(value)))
-        if metrics:
-            self.client.log_batch(record.run_id, metrics=metrics)
+        if time.monotonic() - record.flushed >= FLUSH_SECONDS or len(record.pending) > MAX_BATCH - len(METRICS):
+            self._flush(record)
+
+    def _flush(self, record: _TrialRecord) -> None:
+        if record.pending:
+            self.client.log_batch(record.run_id, metrics=record.pending)
+        record.pending = []
+        record.flushed = time.monotonic()
 
     def end_trial(self, trial_id: str, outcome: TrialOutcome) -> None:
         record = self.trials.get(trial_id)
@@ -176,10 +193,13 @@ class Tracker:
         tags = [RunTag("state", outcome.state), RunTag("epochs", str(outcome.epochs))]
         if outcome.diagnosis:
             tags.append(RunTag("diagnosis", outcome.diagnosis))
+        if record.where:  # where the trial trained last: the Ray node and worker process
+            tags += [RunTag("ray.node_ip", record.where[0]), RunTag("ray.pid", record.where[1])]
         if outcome.reason:
             key = "fail_reason" if outcome.state == "failed" else "stop_reason"
             tags.append(RunTag(key, outcome.reason[:5000]))
-        self.client.log_batch(record.run_id, tags=tags)
+        self.client.log_batch(record.run_id, metrics=record.pending, tags=tags)
+        record.pending = []
         self.client.set_terminated(record.run_id, STATUS[outcome.state])
         self._ended.add(trial_id)
 
@@ -194,6 +214,7 @@ class Tracker:
             self.end_trial(trial_id, outcome)
         for trial_id, record in self.trials.items():  # no outcome: Optuna never heard of its end
             if trial_id not in self._ended:
+                self._flush(record)
                 self.client.set_terminated(record.run_id, "FAILED")
                 self._ended.add(trial_id)
         counts = result.counts()
@@ -223,6 +244,7 @@ class Tracker:
         for trial_id, record in self.trials.items():
             if trial_id not in self._ended:
                 with contextlib.suppress(Exception):
+                    self._flush(record)
                     self.client.set_terminated(record.run_id, "FAILED")
         with contextlib.suppress(Exception):
             self.client.set_terminated(self.parent_run_id, "FAILED")
@@ -266,20 +288,16 @@ class Tracker:
                 writer.writerow(row)
 
     def _log_best_model(self, best: TrialOutcome) -> str | None:
+        """Log the best trial's trained network, the ``model.keras`` its last checkpoint holds."""
         record = next((r for r in self.trials.values() if r.number == best.number), None)
         if record is None or record.checkpoint is None:
             return None
-        from tuner import model
-
         with record.checkpoint.as_directory() as directory:
-            net = model.load(Path(directory) / MODEL_FILE)
-        # Saved in MLflow's model format and logged with this launch's client: the fluent log_model would
-        # set the process-wide tracking URI (and MLFLOW_TRACKING_URI) as a side effect.
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "best_model"
-            mlflow.tensorflow.save_model(net, str(path), pip_requirements=model.requirements())
-            self.client.log_artifacts(self.parent_run_id, str(path), "best_model")
-        uri = f"runs:/{self.parent_run_id}/best_model"
+            path = Path(directory) / MODEL_FILE
+            if not path.is_file():
+                return None
+            self.client.log_artifact(self.parent_run_id, str(path), "best_model")
+        uri = f"runs:/{self.parent_run_id}/best_model/{MODEL_FILE}"
         self.client.set_tag(self.parent_run_id, "best_model_uri", uri)
         return uri
 

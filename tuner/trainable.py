@@ -21,7 +21,7 @@ __all__ = ["MODEL_FILE", "STOP_REASON", "train_trial"]
 
 #: A result key set by the trainer when it stopped by itself (e.g. a diverged loss).
 STOP_REASON = "stop_reason"
-#: The Keras file in a trial's final checkpoint.
+#: The trained network in a trial's last checkpoint, loadable with ``keras.models.load_model``.
 MODEL_FILE = "model.keras"
 
 
@@ -36,13 +36,13 @@ def train_trial(config: dict[str, Any], data: Dataset, *, threads: int = 1, prun
     model.configure_threads(threads)
     epochs = int(config["epochs"])
 
-    def report(metrics: dict[str, Any], net: Any) -> None:
+    def report(metrics: dict[str, Any], engine: model.Engine) -> None:
         if metrics["epoch"] < epochs or STOP_REASON in metrics:
             tune.report(metrics)
             return
-        # The trained model goes to Tune's storage with the last result; the driver logs the best one.
+        # The trained network goes to Tune's storage with the last result; the driver logs the best one.
         with tempfile.TemporaryDirectory() as directory:
-            model.save(net, os.path.join(directory, MODEL_FILE))
+            engine.save(os.path.join(directory, MODEL_FILE))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
     divergence = Divergence(pruning.max_ratio, pruning.patience) if pruning else None
