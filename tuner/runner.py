@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -141,6 +142,7 @@ def run_study(
             if own_ray:
                 ray.shutdown()
             raise
+    stopping: threading.Thread | None = None
     try:
         trials = spec.planned_trials
         concurrency = spec.study.concurrency or _default_concurrency(spec)
@@ -165,12 +167,18 @@ def run_study(
             experiment_path=str(experiment),
             interrupted=interrupted,
         )
+        # Ray's shutdown (a second or so of stopping processes) runs beside the last MLflow writes and plots.
+        stopping = threading.Thread(target=ray.shutdown) if own_ray else None
+        if stopping:
+            stopping.start()
         model_uri = tracker.finish(result, search)
     except BaseException:
         tracker.fail()
         raise
     finally:
-        if own_ray:
+        if stopping:
+            stopping.join()
+        elif own_ray:
             ray.shutdown()
     runs = {
         "tracking_uri": tracking_uri,
