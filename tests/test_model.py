@@ -154,3 +154,24 @@ def test_trials_of_one_architecture_share_one_trace(iris: Dataset) -> None:
     engine = model.engine_for(model.Shape.of(iris, base))
     assert engine._train.experimental_get_tracing_count() == 1
     assert len(reports) == 4 * 3
+
+
+def test_a_resumed_trial_continues_exactly_where_its_checkpoint_left(iris: Dataset, tmp_path: Any) -> None:
+    """Six epochs straight, or three, a checkpoint, and three more from it: the same numbers."""
+    cfg = config(epochs=6, optimizer="sgd", sgd={"learning_rate": 0.1, "momentum": 0.9, "decay": 0.01}, batch_size=8)
+    straight = train(iris, cfg)
+
+    def stop_after_three(metrics: dict[str, Any], snapshot: Any) -> None:
+        if metrics["epoch"] == 3:
+            snapshot.write(tmp_path)
+            raise KeyboardInterrupt  # the worker dies after its third epoch's checkpoint
+
+    with pytest.raises(KeyboardInterrupt):
+        model.train(iris, cfg, stop_after_three)
+    model.train(iris, config(seed=99), lambda m, s: None)  # the engine serves another trial meanwhile
+    resumed: list[dict[str, Any]] = []
+    model.train(iris, cfg, lambda metrics, snapshot: resumed.append(metrics), resume=tmp_path)
+    assert [r["epoch"] for r in resumed] == [4, 5, 6] and resumed[0]["resumed_from_epoch"] == 3
+    for before, after in zip(straight[3:], resumed, strict=True):
+        assert after["loss"] == before["loss"] and after["val_loss"] == before["val_loss"]
+        assert after["lr"] == pytest.approx(before["lr"], rel=1e-7)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -95,3 +96,57 @@ def test_regression_study_on_diabetes(tmp_path: Path) -> None:
     assert result.counts()["complete"] == 2 and result.mode == "min"
     assert all(set(t.params) == {"optimizer", "learning_rate"} for t in result.trials)
     assert set(OPTIMIZERS["rmsprop"]) >= {"learning_rate"}
+
+
+def test_a_killed_driver_is_resumed_with_exactly_the_trials_it_asked_for(tmp_path: Path) -> None:
+    """kill -9 of `tuner launch` mid-study, then `tuner resume`: N trials in Optuna, N runs under one
+    parent in MLflow, none RUNNING, none twice, and the interrupted trials continue from their checkpoints."""
+    import signal
+    import subprocess
+    import time
+
+    from .conftest import tuner_command, write
+
+    spec = write(
+        tmp_path / "long.yaml",
+        "study: {name: kill, trials: 8, concurrency: 2}\ntraining: {epochs: 40}\npruning: {scheduler: none}\n"
+        "optimizers:\n  adam: {learning_rate: {low: 1.0e-3, high: 1.0e-2, log: true}}\n",
+    )
+    workdir = tmp_path / "work"
+    out = (tmp_path / "launch.txt").open("w")
+    driver = subprocess.Popen([tuner_command(), "launch", str(spec), "--workdir", str(workdir)], stdout=out)
+    deadline = time.monotonic() + 240
+    while "[3/8]" not in (tmp_path / "launch.txt").read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    storage = f"sqlite:///{workdir / 'optuna.db'}"
+    before = optuna.load_study(study_name="kill", storage=storage).trials
+    assert any(t.state == TrialState.RUNNING for t in before)  # the kill left trials hanging
+
+    done = subprocess.run(
+        [tuner_command(), "resume", "kill", "--workdir", str(workdir), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["trials"] == {"complete": 8, "pruned": 0, "failed": 0}
+
+    trials = optuna.load_study(study_name="kill", storage=storage).trials
+    assert len(trials) == 8 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert all(sorted(t.intermediate_values) == list(range(1, 41)) for t in trials)
+    client = MlflowClient(summary["mlflow"]["tracking_uri"])
+    runs = client.search_runs([summary["mlflow"]["experiment_id"]])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.run_id == summary["mlflow"]["parent_run_id"]
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in children) == list(range(8))
+    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in children)
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    resumed = [r for r in children if "resumed_from_epoch" in r.data.tags]
+    assert resumed and all(int(r.data.tags["resumed_from_epoch"]) >= 1 for r in resumed)
+    for run in children:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
+        assert sorted(steps) == list(range(1, 41))  # every epoch once: nothing lost, nothing twice

@@ -64,6 +64,39 @@ def validate(spec: str) -> None:
     click.echo(f"{spec}: ok: {load_spec(spec).describe()}")
 
 
+def _run_options(command: F) -> F:
+    """The options every command that runs a study takes: where its state lives, where it runs, output."""
+    options = [
+        click.option("--storage", metavar="OPTUNA_URL", help="Optuna storage [default: sqlite:///WORKDIR/optuna.db]."),
+        click.option(
+            "--tracking-uri",
+            metavar="URI",
+            help="MLflow tracking URI [default: MLFLOW_TRACKING_URI, else sqlite:///WORKDIR/mlflow.db].",
+        ),
+        click.option(
+            "--address", metavar="RAY_ADDRESS", help="Ray cluster to run on [default: RAY_ADDRESS, else local]."
+        ),
+        click.option(
+            "--storage-path",
+            metavar="PATH_OR_URI",
+            help="Where trials keep their checkpoints, seen by every node [default: WORKDIR/ray_results].",
+        ),
+        click.option(
+            "--workdir",
+            type=click.Path(file_okay=False),
+            default=".",
+            show_default=True,
+            envvar="TUNER_WORKDIR",
+            help="Where the run writes everything (env: TUNER_WORKDIR).",
+        ),
+        click.option("--json", "as_json", is_flag=True, help="End stdout with one JSON object describing the result."),
+        click.option("--verbose", "-v", is_flag=True, help="Show Ray's and TensorFlow's output and full tracebacks."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--trials", type=click.IntRange(min=1), help="Number of trials (overrides study.trials).")
@@ -71,22 +104,8 @@ def validate(spec: str) -> None:
 @click.option("--epochs", type=click.IntRange(min=1), help="Epochs per trial (overrides training.epochs).")
 @click.option("--seed", type=click.IntRange(min=0), help="Seed of the sampler, the split and the trials.")
 @click.option("--name", help="Study name (overrides study.name).")
-@click.option("--storage", metavar="OPTUNA_URL", help="Optuna storage [default: sqlite:///WORKDIR/optuna.db].")
-@click.option(
-    "--tracking-uri",
-    metavar="URI",
-    help="MLflow tracking URI [default: MLFLOW_TRACKING_URI, else sqlite:///WORKDIR/mlflow.db].",
-)
-@click.option("--address", metavar="RAY_ADDRESS", help="Ray cluster to run on [default: RAY_ADDRESS or local].")
-@click.option(
-    "--workdir",
-    type=click.Path(file_okay=False),
-    default=".",
-    show_default=True,
-    help="Where the run writes everything.",
-)
-@click.option("--json", "as_json", is_flag=True, help="End stdout with one JSON object describing the result.")
-@click.option("--verbose", "-v", is_flag=True, help="Show Ray's and TensorFlow's output and full tracebacks.")
+@click.option("--resume", is_flag=True, help="Finish the study's interrupted last launch instead (see tuner resume).")
+@_run_options
 @_errors
 def launch(
     spec: str,
@@ -95,39 +114,52 @@ def launch(
     epochs: int | None,
     seed: int | None,
     name: str | None,
-    storage: str | None,
-    tracking_uri: str | None,
-    address: str | None,
-    workdir: str,
-    as_json: bool,
-    verbose: bool,
+    resume: bool,
+    **run: Any,
 ) -> None:
     """Run the study SPEC describes and print its best trials."""
     loaded = load_spec(spec).override(trials=trials, concurrency=concurrency, epochs=epochs, seed=seed, name=name)
+    if resume:
+        _run(loaded.study.name, None, **run)
+    else:
+        _run(loaded.study.name, loaded, **run)
+
+
+@main.command()
+@click.argument("name")
+@_run_options
+@_errors
+def resume(name: str, **run: Any) -> None:
+    """Finish study NAME's last launch after it was interrupted (Ctrl-C, a crash, kill -9).
+
+    Its unfinished trials continue from their last checkpoints, under the same Optuna trials and MLflow runs;
+    new trials make up the rest of the count the launch asked for. Give the same --workdir (or --storage)."""
+    _run(name, None, **run)
+
+
+def _run(name: str, spec: Any, *, as_json: bool, verbose: bool, workdir: str, **where: Any) -> None:
+    """Run ``spec`` as a new launch, or resume study ``name`` when ``spec`` is None; print as it goes."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else "3")
     from rich.console import Console
 
     from tuner import report
-    from tuner.runner import run_study
+    from tuner.runner import resume_study, run_study
 
+    launched: list[Any] = []
     done = 0
+
+    def announce(launch: Any) -> None:
+        launched.append(launch)
+        click.echo(report.launch_line(launch))
 
     def progress(outcome: Any) -> None:
         nonlocal done
         done += 1
-        click.echo(report.trial_line(outcome, loaded.study.metric, done, loaded.planned_trials))
+        click.echo(report.trial_line(outcome, launched[0].metric, done, launched[0].trials))
 
-    result = run_study(
-        loaded,
-        workdir=workdir,
-        storage=storage,
-        tracking_uri=tracking_uri,
-        address=address,
-        verbose=verbose,
-        progress=progress,
-        announce=click.echo,
-        warn=lambda text: click.echo(text, err=True),
-    )
+    options = dict(where, workdir=workdir, verbose=verbose, progress=progress, announce=announce)
+    options["warn"] = lambda text: click.echo(text, err=True)
+    result = resume_study(name, **options) if spec is None else run_study(spec, **options)
     console = Console(highlight=False)
     if not console.is_terminal:
         console.width = 200
@@ -139,7 +171,11 @@ def launch(
     if as_json:
         click.echo(json.dumps(result.to_json()))
     if result.interrupted:
-        click.echo("interrupted: unfinished trials were recorded as failed", err=True)
+        click.echo(
+            f"interrupted: unfinished trials were recorded as failed; `tuner resume {result.study}` runs the ones "
+            "that had not started",
+            err=True,
+        )
         sys.exit(130)
 
 

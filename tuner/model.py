@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import math
 import os
 import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Engine",
     "Shape",
+    "Snapshot",
     "build_model",
     "build_optimizer",
     "configure_threads",
@@ -80,6 +83,14 @@ def configure_threads(threads: int) -> None:
     except RuntimeError:  # TensorFlow was already initialised in this process: keep its pools.
         pass
     _configured = threads
+
+
+def use_gpu_memory_growth() -> None:
+    """Let TensorFlow take GPU memory as it needs it, so that trials sharing a GPU (gpus_per_trial: 0.25)
+    do not each try to grab all of it. Must run before TensorFlow touches a GPU; once per process."""
+    for gpu in tf.config.list_physical_devices("GPU"):
+        with contextlib.suppress(RuntimeError):  # already initialised: the setting stands from before
+            tf.config.experimental.set_memory_growth(gpu, True)
 
 
 def build_optimizer(name: str, params: Mapping[str, Any]) -> keras.optimizers.Optimizer:
@@ -324,11 +335,13 @@ class Engine:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the trained network as a Keras ``.keras`` file (a few milliseconds for an MLP), compiled with
-        the trial's optimizer, loss and metric, so that ``keras.models.load_model`` gives a model that
-        evaluates (and trains on) as the trial did."""
+        the trial's optimizer (its settings, with fresh state), loss and metric, so that
+        ``keras.models.load_model`` gives a model that evaluates as the trial did and trains on."""
         name, params = self._trial
         metric = "accuracy" if self.classify else "mae"
-        self.net.compile(optimizer=build_optimizer(name, params), loss=self.loss_fn, metrics=[metric])
+        optimizer = build_optimizer(name, params)
+        optimizer.build(self.net.trainable_variables)  # saved whole, so that loading it finds every variable
+        self.net.compile(optimizer=optimizer, loss=self.loss_fn, metrics=[metric])
         self.net.save(path)
 
 
@@ -357,15 +370,75 @@ def _as_tensors(data: Dataset) -> tuple[tf.Tensor, ...]:
     return _tensors[key]
 
 
-Report = Callable[[dict[str, Any], Engine], None]
+#: Files of a resumable checkpoint: the engine's arrays, and where the loop stood.
+STATE_FILE = "state.npz"
+PROGRESS_FILE = "progress.json"
 
 
-def train(data: Dataset, config: Mapping[str, Any], report: Report, divergence: Divergence | None = None) -> None:
-    """Train one trial epoch by epoch, calling ``report(metrics, engine)`` after each epoch.
+@dataclass
+class Snapshot:
+    """Where a trial stands after an epoch: enough to write a checkpoint it can resume from."""
+
+    engine: Engine
+    rng: np.random.Generator
+    rule: Divergence
+    epoch: int
+    history: list[dict[str, Any]]
+
+    def write(self, directory: str | os.PathLike[str]) -> None:
+        """Write the weights, the optimizer's state, the shuffling generator and the divergence rule."""
+        engine = self.engine
+        arrays = {f"w{i}": w for i, w in enumerate(engine.net.get_weights())}
+        for name, slot in engine.slots.items():
+            arrays.update({f"{name}{i}": var.numpy() for i, var in enumerate(slot)})
+        arrays["iterations"] = np.array(engine.iterations.numpy())
+        np.savez(Path(directory) / STATE_FILE, **arrays)
+        progress = {
+            "epoch": self.epoch,
+            "history": self.history,
+            "rng": self.rng.bit_generator.state,
+            "divergence": self.rule.state(),
+        }
+        (Path(directory) / PROGRESS_FILE).write_text(json.dumps(progress))
+
+    def save_model(self, path: str | os.PathLike[str]) -> None:
+        self.engine.save(path)
+
+
+def _restore(
+    directory: str | os.PathLike[str], engine: Engine, rng: np.random.Generator, rule: Divergence
+) -> tuple[int, list[dict[str, Any]]]:
+    """Load a checkpoint :meth:`Snapshot.write` made into a reset engine; returns its epoch and the metrics
+    of every epoch up to it."""
+    progress = json.loads((Path(directory) / PROGRESS_FILE).read_text())
+    with np.load(Path(directory) / STATE_FILE) as arrays:
+        engine.net.set_weights([arrays[f"w{i}"] for i in range(len(engine.net.weights))])
+        for name, slot in engine.slots.items():
+            for i, var in enumerate(slot):
+                var.assign(arrays[f"{name}{i}"])
+        engine.iterations.assign(int(arrays["iterations"]))
+    rng.bit_generator.state = progress["rng"]
+    rule.restore(progress["divergence"])
+    return int(progress["epoch"]), list(progress["history"])
+
+
+Report = Callable[[dict[str, Any], Snapshot], None]
+
+
+def train(
+    data: Dataset,
+    config: Mapping[str, Any],
+    report: Report,
+    divergence: Divergence | None = None,
+    resume: str | os.PathLike[str] | None = None,
+) -> None:
+    """Train one trial epoch by epoch, calling ``report(metrics, snapshot)`` after each epoch.
 
     A non-finite loss stops training inside the epoch it appears in, and ``divergence`` (the ratio rule)
     may stop it after an epoch; that epoch's report carries ``stop_reason`` and no non-finite number
-    (those metrics are ``None``).
+    (those metrics are ``None``). ``resume`` is a checkpoint directory to continue from: the epochs after
+    it run exactly as they would have without the interruption, and the first report says
+    ``resumed_from_epoch``.
     """
     engine = engine_for(Shape.of(data, config))
     name = str(config["optimizer"])
@@ -374,8 +447,16 @@ def train(data: Dataset, config: Mapping[str, Any], report: Report, divergence: 
     x, y, x_val, y_val = _as_tensors(data)
     rng = np.random.default_rng(seed)
     rule = divergence or Divergence(max_ratio=None)
+    epochs = int(config["epochs"])
+    done, history = _restore(resume, engine, rng, rule) if resume is not None else (0, [])
+    resumed = {"resumed_from_epoch": done, "history": history} if resume is not None else {}
+    if done >= epochs:
+        # The checkpoint is the last epoch's: the trial had finished when its driver died. Say so again,
+        # so that this launch records how it ended.
+        report({**history[-1], **resumed}, Snapshot(engine, rng, rule, done, history))
+        return
     metric = "accuracy" if engine.classify else "mae"
-    for epoch in range(1, int(config["epochs"]) + 1):
+    for epoch in range(done + 1, epochs + 1):
         loss, score, first = engine.train_epoch(x, y, rng.permutation(len(data.x_train)), int(config["batch_size"]))
         rule.first(first)
         val_loss, val_score = engine.evaluate(x_val, y_val)
@@ -389,6 +470,9 @@ def train(data: Dataset, config: Mapping[str, Any], report: Report, divergence: 
         if reason is not None:
             metrics["stop_reason"] = reason
             metrics.update({k: None for k in bad})
-        report(metrics, engine)
+        history.append(metrics)
+        # The first report after a resume carries the curve so far, which the driver may have lost with
+        # the driver that died.
+        report({**metrics, **resumed} if epoch == done + 1 else metrics, Snapshot(engine, rng, rule, epoch, history))
         if reason is not None:
             return

@@ -69,6 +69,13 @@ class Divergence:
         if self._first is None and math.isfinite(loss):
             self._first = loss
 
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the rule, so that a resumed trial judges as it would have."""
+        return {"first": self._first, "above": self._above}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._first, self._above = state["first"], int(state["above"])
+
     def check(self, epoch: int, loss: float) -> str | None:
         """The reason to stop after this epoch's loss, or ``None``."""
         if not math.isfinite(loss):

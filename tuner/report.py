@@ -12,13 +12,14 @@ if TYPE_CHECKING:
     import optuna
     from rich.table import Table
 
-    from tuner.runner import StudyResult
+    from tuner.runner import Launch, StudyResult
     from tuner.search import TrialOutcome
 
 __all__ = [
     "Curve",
     "best_table",
     "fmt",
+    "launch_line",
     "params_text",
     "plot_loss_curves",
     "plot_study",
@@ -49,6 +50,16 @@ def fmt(value: Any) -> str:
 
 def params_text(params: dict[str, Any]) -> str:
     return " ".join(f"{k}={fmt(v)}" for k, v in params.items())
+
+
+def launch_line(launch: Launch) -> str:
+    """``study adam-digits: 16 trials, 2 at a time, tpe sampler (seed 0); digits: ...`` and the storage."""
+    resumed = f" ({launch.resumed} resumed)" if launch.resumed else ""
+    return (
+        f"study {launch.study}: {launch.trials} trials{resumed}, {launch.concurrency} at a time, {launch.sampler} "
+        f"sampler (seed {launch.seed}); {launch.data}; {launch.mode} {launch.metric}\n"
+        f"optuna storage: {launch.storage}"
+    )
 
 
 def trial_line(outcome: TrialOutcome, metric: str, done: int, total: int) -> str:

@@ -24,9 +24,10 @@ from ray import tune
 
 from tuner import tracking
 from tuner.data import Dataset, load_dataset
-from tuner.errors import TunerError
+from tuner.errors import TunerError, UsageError
 from tuner.pruning import make_scheduler
 from tuner.search import (
+    Adopted,
     FailureReasons,
     StudySearch,
     TrialOutcome,
@@ -35,10 +36,10 @@ from tuner.search import (
     make_sampler,
     open_storage,
 )
-from tuner.spec import Spec
+from tuner.spec import Spec, parse_spec
 from tuner.trainable import STOP_REASON, train_trial
 
-__all__ = ["StudyResult", "run_study"]
+__all__ = ["Launch", "StudyResult", "resume_study", "run_study"]
 
 #: Environment every worker gets: quiet TensorFlow, Keras on TensorFlow.
 WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow", "PYTHONWARNINGS": "ignore"}
@@ -88,6 +89,33 @@ class StudyResult:
         }
 
 
+@dataclass(frozen=True)
+class Launch:
+    """What a launch is about to run, for the caller to show: given to ``announce``."""
+
+    study: str
+    trials: int
+    resumed: int
+    concurrency: int
+    sampler: str
+    seed: int
+    data: str
+    metric: str
+    mode: str
+    storage: str
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a launch runs: a new launch's trials, or what an interrupted one left to do."""
+
+    launch: str
+    samples: int
+    adopt: tuple[Adopted, ...] = ()
+    parent_run_id: str | None = None
+    experiments: tuple[str, ...] = ()
+
+
 def run_study(
     spec: Spec,
     *,
@@ -95,9 +123,10 @@ def run_study(
     storage: str | None = None,
     tracking_uri: str | None = None,
     address: str | None = None,
+    storage_path: str | None = None,
     verbose: bool = False,
     progress: Callable[[TrialOutcome], None] | None = None,
-    announce: Callable[[str], None] | None = None,
+    announce: Callable[[Launch], None] | None = None,
     warn: Callable[[str], None] | None = None,
     trainable: Callable[..., None] = train_trial,
 ) -> StudyResult:
@@ -108,10 +137,13 @@ def run_study(
         workdir: where everything the run writes goes (Optuna's SQLite file, Ray Tune's results).
         storage: Optuna storage URL; default ``sqlite:///WORKDIR/optuna.db``.
         tracking_uri: MLflow tracking URI; default ``MLFLOW_TRACKING_URI``, else ``sqlite:///WORKDIR/mlflow.db``.
-        address: Ray address (``auto``, ``ray://host:10001``); default a local Ray (or ``RAY_ADDRESS``).
+        address: Ray address (``auto``, ``HOST:6379``, ``ray://host:10001``); default ``RAY_ADDRESS``, else a
+            local Ray.
+        storage_path: where Ray Tune keeps the trials' checkpoints: a path every node sees, or a URI such as
+            ``s3://bucket/runs``; default ``WORKDIR/ray_results``.
         verbose: let Ray and TensorFlow speak.
         progress: called on the driver with each trial's outcome as it ends.
-        announce: called once with a line describing the study about to run.
+        announce: called once with what the launch is about to run.
         warn: called with a line when something goes wrong that does not stop the study (e.g. MLflow).
         trainable: the function each trial runs, ``(config, data, *, threads, pruning)``; tuner's Keras
             trainer unless you bring your own.
@@ -120,12 +152,117 @@ def run_study(
         SpecError: the data the spec names cannot be loaded (nothing has been created).
         TunerError: the study could not run (e.g. the MLflow server does not answer; nothing is created then).
     """
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    plan = _Plan(launch=f"{spec.study.name}-{stamp}", samples=spec.planned_trials)
+    return _execute(spec, plan, **_options(locals()))
+
+
+def resume_study(
+    name: str,
+    *,
+    workdir: str | Path = ".",
+    storage: str | None = None,
+    tracking_uri: str | None = None,
+    address: str | None = None,
+    storage_path: str | None = None,
+    verbose: bool = False,
+    progress: Callable[[TrialOutcome], None] | None = None,
+    announce: Callable[[Launch], None] | None = None,
+    warn: Callable[[str], None] | None = None,
+    trainable: Callable[..., None] = train_trial,
+) -> StudyResult:
+    """Finish the last launch of study ``name``, interrupted (Ctrl-C, a crash, ``kill -9``) before all its
+    trials ended: its unfinished trials continue from their last checkpoints under the same Optuna trials and
+    MLflow runs, and new trials make up the rest, so that the launch ends with the number it asked for.
+
+    The spec is the one that launch stored in the Optuna study. Arguments as for :func:`run_study`.
+
+    Raises:
+        UsageError: there is no such study, or it has no launch tuner can resume.
+    """
+    workdir_path = Path(workdir).resolve()
+    storage_url = check_storage_url(storage or f"sqlite:///{workdir_path / 'optuna.db'}")
+    study = _load_study(name, storage_url)
+    last = study.user_attrs.get(LAST_LAUNCH)
+    info = study.user_attrs.get(f"{LAUNCH}{last}") if last else None
+    if not info:
+        raise UsageError(f"study {name!r} in {storage_url} has no launch by tuner to resume")
+    spec = parse_spec(info["spec"], source=f"{name} (the spec stored with launch {last})")
+    trials = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("launch") == last]
+    unfinished = [t for t in trials if not t.state.is_finished()]
+    finished = len(trials) - len(unfinished)
+    if not unfinished and finished >= info["trials"]:
+        raise UsageError(f"launch {last} of study {name!r} has all its {finished} trials; there is nothing to resume")
+    experiments = tuple(info.get("experiments", ()))
+    adopt = tuple(
+        Adopted(t.number, _last_checkpoint(experiments, t.user_attrs.get("ray_trial_id"))) for t in unfinished
+    )
+    plan = _Plan(
+        launch=str(last),
+        samples=max(0, info["trials"] - finished - len(unfinished)) + len(adopt),
+        adopt=adopt,
+        parent_run_id=info.get("mlflow", {}).get("parent_run_id"),
+        experiments=experiments,
+    )
+    options = _options(locals())
+    options["storage"] = storage_url
+    if tracking_uri is None:
+        options["tracking_uri"] = info.get("mlflow", {}).get("tracking_uri")
+    return _execute(spec, plan, **options)
+
+
+#: Optuna study user attributes: each launch's record (spec, trials, experiments, MLflow run), and the last.
+LAUNCH = "tuner.launch."
+LAST_LAUNCH = "tuner.last_launch"
+
+
+def _options(scope: dict[str, Any]) -> dict[str, Any]:
+    keys = ("workdir", "storage", "tracking_uri", "address", "storage_path", "verbose", "progress", "announce")
+    return {k: scope[k] for k in (*keys, "warn", "trainable")}
+
+
+def _load_study(name: str, storage_url: str) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.load_study(study_name=name, storage=open_storage(storage_url))
+    except KeyError:
+        raise UsageError(f"no study {name!r} in {storage_url}") from None
+
+
+def _last_checkpoint(experiments: tuple[str, ...], trial_id: str | None) -> str | None:
+    """The newest complete checkpoint a trial left in any of its launch's Ray Tune experiments."""
+    if not trial_id:
+        return None
+    for experiment in reversed(experiments):
+        directory = Path(experiment) / _trial_name_for(trial_id)
+        for checkpoint in sorted(directory.glob("checkpoint_*"), reverse=True):
+            if (checkpoint / "progress.json").is_file() and (checkpoint / "state.npz").is_file():
+                return str(checkpoint)
+    return None
+
+
+def _execute(
+    spec: Spec,
+    plan: _Plan,
+    *,
+    workdir: str | Path,
+    storage: str | None,
+    tracking_uri: str | None,
+    address: str | None,
+    storage_path: str | None,
+    verbose: bool,
+    progress: Callable[[TrialOutcome], None] | None,
+    announce: Callable[[Launch], None] | None,
+    warn: Callable[[str], None] | None,
+    trainable: Callable[..., None],
+) -> StudyResult:
     started = time.monotonic()
     workdir = Path(workdir).resolve()
     sampler = make_sampler(spec.study.sampler, spec.study.seed)
     storage_url = check_storage_url(storage or f"sqlite:///{workdir / 'optuna.db'}")
     tracking_uri = tracking.resolve_tracking_uri(tracking_uri, workdir)
     tracking.check_reachable(tracking_uri)
+    _check_remote_driver(address, storage_url, tracking_uri)
     _quiet(verbose)
     _tune_settings()
 
@@ -133,7 +270,7 @@ def run_study(
     # Optuna and MLflow stores.
     own_ray = not ray.is_initialized()
     with ThreadPoolExecutor(max_workers=1) as pool:
-        preparing = pool.submit(_prepare, spec, workdir, storage_url, tracking_uri, warn)
+        preparing = pool.submit(_prepare, spec, workdir, storage_url, tracking_uri, warn, plan.parent_run_id)
         try:
             if own_ray:
                 _init_ray(address, verbose)
@@ -144,27 +281,30 @@ def run_study(
             raise
     stopping: threading.Thread | None = None
     try:
-        trials = spec.planned_trials
         concurrency = spec.study.concurrency or _default_concurrency(spec)
+        search = StudySearch(spec, storage=optuna_storage, sampler=sampler, launch=plan.launch, adopt=plan.adopt)
+        root = storage_path or str(workdir / "ray_results")
+        experiment = f"{root.rstrip('/')}/{spec.study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        _record_launch(search.study, spec, plan, experiment, tracking_uri, tracker.parent_run_id)
         if announce:
-            announce(
-                f"study {spec.study.name}: {trials} trials, {concurrency} at a time, {spec.study.sampler} sampler "
-                f"(seed {spec.study.seed}); {dataset.describe()}; {spec.study.mode} {spec.study.metric}\n"
-                f"optuna storage: {storage_url}"
-            )
-        search = StudySearch(spec, storage=optuna_storage, sampler=sampler)
-        experiment = workdir / "ray_results" / f"{spec.study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            s = spec.study
+            announce(Launch(s.name, plan.samples, len(plan.adopt), concurrency, s.sampler, s.seed,
+                            dataset.describe(), s.metric, s.mode, storage_url))  # fmt: skip
         callback = tracking.TrackingCallback(tracker, search)
-        interrupted = _tune(spec, search, trainable, dataset, experiment, trials, concurrency, progress, callback)
-        numbers = set(search.numbers())
+        interrupted = (
+            _tune(spec, search, trainable, dataset, experiment, plan.samples, concurrency, progress, callback)
+            if plan.samples
+            else False
+        )
+        launched = [t for t in search.study.get_trials() if t.user_attrs.get("launch") == plan.launch]
         result = StudyResult(
             study=spec.study.name,
             storage=storage_url,
             metric=spec.study.metric,
             mode=spec.study.mode,
-            trials=tuple(TrialOutcome.from_frozen(t) for t in search.study.get_trials() if t.number in numbers),
+            trials=tuple(TrialOutcome.from_frozen(t) for t in launched),
             wall_seconds=0.0,
-            experiment_path=str(experiment),
+            experiment_path=experiment,
             interrupted=interrupted,
         )
         # Ray's shutdown (a second or so of stopping processes) runs beside the last MLflow writes and plots.
@@ -190,8 +330,49 @@ def run_study(
     return dataclasses.replace(result, wall_seconds=time.monotonic() - started, mlflow=runs)
 
 
+def _record_launch(
+    study: optuna.Study, spec: Spec, plan: _Plan, experiment: str, tracking_uri: str, parent_run_id: str
+) -> None:
+    """Keep in the Optuna study what ``tuner resume`` needs: the spec, the trial count, where the trials'
+    checkpoints are and which MLflow run holds the launch."""
+    key = f"{LAUNCH}{plan.launch}"
+    info = study.user_attrs.get(key) or {"spec": spec.to_doc(), "trials": spec.planned_trials}
+    info["experiments"] = [*info.get("experiments", ()), experiment]
+    info["mlflow"] = {"tracking_uri": tracking_uri, "parent_run_id": parent_run_id}
+    study.set_user_attr(key, info)
+    study.set_user_attr(LAST_LAUNCH, plan.launch)
+
+
+def _check_remote_driver(address: str | None, storage_url: str, tracking_uri: str) -> None:
+    """With Ray Client (``ray://``), Ray Tune runs the study's loop on the cluster's head, not here: the
+    Optuna and MLflow stores must then be servers the head reaches, not files on this machine.
+
+    Raises:
+        UsageError: a ``ray://`` address with a local SQLite or file store.
+    """
+    address = address or os.environ.get("RAY_ADDRESS", "")
+    if not address.startswith("ray://"):
+        return
+    local = [what for what, uri in (("--storage", storage_url), ("--tracking-uri", tracking_uri)) if _is_local(uri)]
+    if local:
+        raise UsageError(
+            f"--address {address}: with Ray Client, Ray Tune runs the study on the cluster's head, which cannot "
+            f"reach the local stores; give {' and '.join(local)} as servers it can reach (postgresql://..., "
+            f"http://...), or run the study there with `tuner submit`"
+        )
+
+
+def _is_local(uri: str) -> bool:
+    return uri.startswith(("sqlite", "file:")) or "://" not in uri
+
+
 def _prepare(
-    spec: Spec, workdir: Path, storage_url: str, tracking_uri: str, warn: Callable[[str], None] | None
+    spec: Spec,
+    workdir: Path,
+    storage_url: str,
+    tracking_uri: str,
+    warn: Callable[[str], None] | None,
+    parent_run_id: str | None,
 ) -> tuple[Dataset, optuna.storages.BaseStorage, tracking.Tracker]:
     """Everything a study needs besides Ray: the data, the Optuna storage, the MLflow records."""
     dataset = load_dataset(spec.data, seed=spec.study.seed, source=spec.source)
@@ -200,7 +381,8 @@ def _prepare(
     check_compatible(optuna_storage, spec)
     local_store = not tracking_uri.startswith(("http://", "https://"))
     artifacts = workdir / "mlartifacts" if local_store else None
-    return dataset, optuna_storage, tracking.Tracker(spec, tracking_uri, artifact_root=artifacts, warn=warn)
+    tracker = tracking.Tracker(spec, tracking_uri, artifact_root=artifacts, warn=warn, parent_run_id=parent_run_id)
+    return dataset, optuna_storage, tracker
 
 
 def _tune(
@@ -208,7 +390,7 @@ def _tune(
     search: StudySearch,
     trainable: Callable[..., None],
     dataset: Dataset,
-    experiment: Path,
+    experiment: str,
     trials: int,
     concurrency: int,
     progress: Callable[[TrialOutcome], None] | None,
@@ -234,9 +416,12 @@ def _tune(
             trial_dirname_creator=_trial_name,
         ),
         run_config=tune.RunConfig(
-            name=experiment.name,
-            storage_path=str(experiment.parent),
+            name=experiment.rsplit("/", 1)[1],
+            storage_path=experiment.rsplit("/", 1)[0],
             stop=_StopOnReason(STOP_REASON),
+            # A trial whose worker (or node) dies starts again from its last epoch's checkpoint.
+            failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             callbacks=[FailureReasons(search), tracker, _Progress(search, progress)],
             verbose=0,
         ),
@@ -254,7 +439,11 @@ def _tune(
 
 
 def _trial_name(trial: Any) -> str:
-    return f"trial-{trial.trial_id}"
+    return _trial_name_for(trial.trial_id)
+
+
+def _trial_name_for(trial_id: str) -> str:
+    return f"trial-{trial_id}"
 
 
 class _StopOnReason(tune.Stopper):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "STATES",
+    "Adopted",
     "FailureReasons",
     "StudySearch",
     "TrialOutcome",
@@ -201,10 +203,31 @@ def _distributions(spec: Spec) -> dict[str, optuna.distributions.BaseDistributio
     return out
 
 
-class StudySearch(OptunaSearch):
-    """``OptunaSearch`` over a spec's define-by-run space that tells Optuna each trial's true state."""
+@dataclass(frozen=True)
+class Adopted:
+    """A trial that an interrupted launch asked Optuna for and did not finish; a resumed launch gives it a new
+    Ray Tune trial, which starts from ``checkpoint`` (the old trial's last one) when there is one."""
 
-    def __init__(self, spec: Spec, *, storage: optuna.storages.BaseStorage, sampler: optuna.samplers.BaseSampler):
+    number: int
+    checkpoint: str | None = None
+
+
+class StudySearch(OptunaSearch):
+    """``OptunaSearch`` over a spec's define-by-run space that tells Optuna each trial's true state.
+
+    Every trial it asks for carries the user attributes ``launch`` (which launch asked for it) and
+    ``ray_trial_id``, so that ``tuner resume`` can find an interrupted launch's trials and checkpoints.
+    """
+
+    def __init__(
+        self,
+        spec: Spec,
+        *,
+        storage: optuna.storages.BaseStorage,
+        sampler: optuna.samplers.BaseSampler,
+        launch: str = "",
+        adopt: Sequence[Adopted] = (),
+    ):
         super().__init__(
             space=SearchSpace(spec),
             metric=spec.study.metric,
@@ -219,7 +242,28 @@ class StudySearch(OptunaSearch):
         # Each trial's loss curves, epoch -> value, for the diagnosis; and the best validation loss so far.
         self._curves: dict[str, dict[str, dict[int, float]]] = {}
         self._best_val_loss: float | None = None
+        self._launch = launch
+        self._adopt = list(adopt)
         self.outcomes: dict[str, TrialOutcome] = {}
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        """A configuration for a new Ray Tune trial: an adopted (interrupted) trial's own, with the checkpoint
+        to resume from, while there are any; then a new Optuna trial's."""
+        resume_from = None
+        if trial_id not in self._ot_trials and self._adopt:
+            adopted = self._adopt.pop(0)
+            storage = self.study._storage
+            ot_id = storage.get_trial_id_from_study_id_trial_number(self.study._study_id, adopted.number)
+            # Re-running the define-by-run space on it returns the parameters it already drew.
+            self._ot_trials[trial_id] = optuna.trial.Trial(self.study, ot_id)
+            resume_from = adopted.checkpoint
+        config = super().suggest(trial_id)
+        trial = self._ot_trials[trial_id]
+        trial.set_user_attr("ray_trial_id", trial_id)
+        trial.set_user_attr("launch", self._launch)
+        if config is not None and resume_from:
+            config["resume_from"] = resume_from
+        return config
 
     @property
     def study(self) -> optuna.Study:
@@ -242,6 +286,14 @@ class StudySearch(OptunaSearch):
         """
         if "epoch" not in result:
             return
+        if result.get("history"):  # a resumed trial: its curve so far, which Optuna may partly lack
+            trial = self._ot_trials[trial_id]
+            reported = set(self.study._storage.get_trial(trial._trial_id).intermediate_values)
+            for earlier in result["history"]:
+                self._record(trial_id, earlier, report=int(earlier["epoch"]) not in reported)
+        self._record(trial_id, result, report=True)
+
+    def _record(self, trial_id: str, result: dict[str, Any], *, report: bool) -> None:
         epoch = int(result["epoch"])
         curves = self._curves.setdefault(trial_id, {"loss": {}, "val_loss": {}})
         seen = epoch in curves["loss"]
@@ -249,7 +301,7 @@ class StudySearch(OptunaSearch):
             value = result.get(key)
             points[epoch] = math.nan if value is None else float(value)
         value = result.get(self.metric)
-        if not seen and value is not None and math.isfinite(value):
+        if report and not seen and value is not None and math.isfinite(value):
             self._ot_trials[trial_id].report(float(value), epoch)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
@@ -295,7 +347,6 @@ class StudySearch(OptunaSearch):
     def _tell(self, trial_id: str, state: TrialState, value: float | None, epochs: int, **reason: str) -> None:
         trial = self._ot_trials[trial_id]
         trial.set_user_attr("epochs", epochs)
-        trial.set_user_attr("ray_trial_id", trial_id)
         for key, text in reason.items():
             trial.set_user_attr(key, text)
         label = self._diagnose(trial_id, reason.get("stop_reason"))

@@ -48,7 +48,8 @@ class SearchSpace:
             _draw(trial, key, value, fixed)
         seed = trial_seed(spec.study.seed, trial.number)
         trial.set_user_attr("seed", seed)
-        return {**fixed, "epochs": spec.training.epochs, "seed": seed, "trial_number": trial.number}
+        training = {"epochs": spec.training.epochs, "checkpoint_every": spec.training.checkpoint_every}
+        return {**fixed, **training, "seed": seed, "trial_number": trial.number}
 
 
 def _draw(trial: optuna.Trial, name: str, value: Value, fixed: dict[str, Any]) -> None:

@@ -115,6 +115,7 @@ class Model:
 class Training:
     epochs: int = 20
     batch_size: Value = 64
+    checkpoint_every: int = 1
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,7 @@ class Pruning:
 class Resources:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
+    max_failures: int = 2
 
 
 @dataclass(frozen=True)
@@ -249,12 +251,17 @@ class Spec:
             "study": study,
             "data": data,
             "model": {k: _value_doc(values[k]) for k in ("layers", "units", "activation", "dropout")},
-            "training": {"epochs": self.training.epochs, "batch_size": _value_doc(self.training.batch_size)},
+            "training": {
+                "epochs": self.training.epochs,
+                "batch_size": _value_doc(self.training.batch_size),
+                "checkpoint_every": self.training.checkpoint_every,
+            },
             "optimizers": {o.name: {k: _value_doc(v) for k, v in o.params} for o in self.optimizers},
             "pruning": self._pruning_doc(),
             "resources": {
                 "cpus_per_trial": self.resources.cpus_per_trial,
                 "gpus_per_trial": self.resources.gpus_per_trial,
+                "max_failures": self.resources.max_failures,
             },
         }
 
@@ -693,14 +700,15 @@ class _Reader:
         return tuple(out)
 
     def training(self, node: Any) -> Training:
-        node = self.mapping(node, "training", ("epochs", "batch_size"), "training")
+        node = self.mapping(node, "training", ("epochs", "batch_size", "checkpoint_every"), "training")
         epochs = node.get("epochs", 20)
         if isinstance(epochs, dict):
             rule = "must be a fixed integer; epochs are the budget, not a hyperparameter"
             raise self.fail("training.epochs", rule, epochs)
         epochs = self.scalar(epochs, "training.epochs", _AT_LEAST_1)
         batch = self.value(node.get("batch_size", 64), "training.batch_size", _AT_LEAST_1)
-        return Training(epochs, batch)
+        every = self.scalar(node.get("checkpoint_every", 1), "training.checkpoint_every", _AT_LEAST_1)
+        return Training(epochs, batch, every)
 
     def pruning(self, node: Any) -> Pruning:
         keys = ("divergence", "scheduler", "grace_epochs", "reduction_factor")
@@ -732,7 +740,8 @@ class _Reader:
         return Pruning(max_ratio, patience, scheduler, grace, factor)
 
     def resources(self, node: Any) -> Resources:
-        node = self.mapping(node, "resources", ("cpus_per_trial", "gpus_per_trial"), "resources")
+        node = self.mapping(node, "resources", ("cpus_per_trial", "gpus_per_trial", "max_failures"), "resources")
         cpus = self.scalar(node.get("cpus_per_trial", 1), "resources.cpus_per_trial", _POSITIVE)
         gpus = self.scalar(node.get("gpus_per_trial", 0), "resources.gpus_per_trial", _NONNEGATIVE)
-        return Resources(cpus, gpus)
+        retries = self.scalar(node.get("max_failures", 2), "resources.max_failures", _SEED)
+        return Resources(cpus, gpus, retries)

@@ -107,6 +107,9 @@ class _TrialRecord:
     pending: list[Metric] = field(default_factory=list)
     flushed: float = field(default_factory=time.monotonic)
     where: tuple[str, str] | None = None
+    logged: int = 0  # the last step logged before this launch (a resumed trial logs only later ones)
+    resumed_from: int | None = None
+    done: bool = False  # its run had ended before this launch
 
 
 class Tracker:
@@ -119,10 +122,18 @@ class Tracker:
         *,
         artifact_root: Path | None = None,
         warn: Callable[[str], None] | None = None,
+        parent_run_id: str | None = None,
     ) -> None:
         self.spec, self.uri = spec, uri
         self.warn = warn or (lambda text: None)
         self.client = MlflowClient(tracking_uri=uri)
+        self.trials: dict[str, _TrialRecord] = {}
+        self._by_number: dict[int, _TrialRecord] = {}
+        self._ended: set[str] = set()
+        self._best_model: tuple[int, float] | None = None
+        if parent_run_id is not None:
+            self._attach(parent_run_id)
+            return
         name = spec.study.name
         experiment = self.client.get_experiment_by_name(name)
         if experiment is None:
@@ -139,18 +150,44 @@ class Tracker:
             self.client.log_artifact(self.parent_run_id, spec.source)
         else:  # a spec built in code: record the document it stands for
             self.client.log_text(self.parent_run_id, yaml.safe_dump(spec.to_doc(), sort_keys=False), "spec.yaml")
-        self.trials: dict[str, _TrialRecord] = {}
-        self._ended: set[str] = set()
+
+    def _attach(self, parent_run_id: str) -> None:
+        """Continue an interrupted launch's records: its parent run, and its trials' runs by Optuna number.
+
+        Finished trials keep their runs as they are; the runs of interrupted trials are continued by the
+        trials that resume them, from the step after the last one they logged.
+        """
+        parent = self.client.get_run(parent_run_id)
+        self.parent_run_id, self.experiment_id = parent_run_id, parent.info.experiment_id
+        if "best_model_trial" in parent.data.tags:
+            self._best_model = (int(parent.data.tags["best_model_trial"]), float(parent.data.tags["best_model_value"]))
+        children = self.client.search_runs(
+            [self.experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=50000
+        )
+        for run in children:
+            number = int(run.data.tags["optuna.trial_number"])
+            record = _TrialRecord(run.info.run_id, number, run.data.params.get("optimizer", ""))
+            for key in METRICS:
+                history = self.client.get_metric_history(run.info.run_id, key)
+                if history:
+                    record.history[key] = sorted((m.step, m.value) for m in history)
+            record.logged = max((steps[-1][0] for steps in record.history.values()), default=0)
+            record.done = run.info.status != "RUNNING"
+            self._by_number[number] = record
 
     # -- per trial, called by TrackingCallback on the driver
 
     def start_trial(self, trial_id: str, config: dict[str, Any]) -> None:
         if trial_id in self.trials:
             return  # a trial restarted on another actor keeps its run
+        number = int(config["trial_number"])
+        if number in self._by_number:  # an interrupted launch's trial, resumed: its run continues
+            self.trials[trial_id] = self._by_number[number]
+            self.client.set_tag(self.trials[trial_id].run_id, "ray.trial_id", trial_id)
+            return
         optimizer = str(config["optimizer"])
         params = {"optimizer": optimizer, **config.get(optimizer, {})}
         params.update({k: config[k] for k in ("layers", "units", "activation", "dropout", "batch_size", "epochs")})
-        number = int(config["trial_number"])
         tags = {
             PARENT_TAG: self.parent_run_id,
             "optuna.trial_number": str(number),
@@ -159,7 +196,7 @@ class Tracker:
         }
         run = self.client.create_run(self.experiment_id, run_name=f"trial-{number:03d}-{optimizer}", tags=tags)
         self.client.log_batch(run.info.run_id, params=[Param(k, _text(v)) for k, v in params.items()])
-        self.trials[trial_id] = _TrialRecord(run.info.run_id, number, optimizer)
+        self.trials[trial_id] = self._by_number[number] = _TrialRecord(run.info.run_id, number, optimizer)
 
     def log_result(self, trial_id: str, result: dict[str, Any]) -> None:
         record = self.trials.get(trial_id)
@@ -167,18 +204,26 @@ class Tracker:
             return
         epoch = int(result["epoch"])
         stamp = int(time.time() * 1000)
-        if record.where is None and "node_ip" in result:
+        if "node_ip" in result:  # where the trial trains (the last node, if a failure moved it)
             record.where = (str(result["node_ip"]), str(result.get("pid", "")))
-            self.client.log_batch(
-                record.run_id, tags=[RunTag("ray.node_ip", record.where[0]), RunTag("ray.pid", record.where[1])]
-            )
+        if "resumed_from_epoch" in result:
+            record.resumed_from = int(result["resumed_from_epoch"])
+            for earlier in result.get("history") or ():  # epochs the checkpoint covers but MLflow lacks
+                if record.logged < int(earlier["epoch"]) < epoch:
+                    self._collect(record, earlier, stamp)
+        if epoch <= record.logged:
+            return
+        self._collect(record, result, stamp)
+        if time.monotonic() - record.flushed >= FLUSH_SECONDS or len(record.pending) > MAX_BATCH - len(METRICS):
+            self._flush(record)
+
+    def _collect(self, record: _TrialRecord, result: dict[str, Any], stamp: int) -> None:
+        epoch = int(result["epoch"])
         for key in METRICS:
             value = result.get(key)
             if isinstance(value, (int, float)) and math.isfinite(value):
                 record.pending.append(Metric(key, float(value), stamp, epoch))
                 record.history.setdefault(key, []).append((epoch, float(value)))
-        if time.monotonic() - record.flushed >= FLUSH_SECONDS or len(record.pending) > MAX_BATCH - len(METRICS):
-            self._flush(record)
 
     def _flush(self, record: _TrialRecord) -> None:
         if record.pending:
@@ -195,6 +240,8 @@ class Tracker:
             tags.append(RunTag("diagnosis", outcome.diagnosis))
         if record.where:  # where the trial trained last: the Ray node and worker process
             tags += [RunTag("ray.node_ip", record.where[0]), RunTag("ray.pid", record.where[1])]
+        if record.resumed_from is not None:
+            tags.append(RunTag("resumed_from_epoch", str(record.resumed_from)))
         if outcome.reason:
             key = "fail_reason" if outcome.state == "failed" else "stop_reason"
             tags.append(RunTag(key, outcome.reason[:5000]))
@@ -202,6 +249,30 @@ class Tracker:
         record.pending = []
         self.client.set_terminated(record.run_id, STATUS[outcome.state])
         self._ended.add(trial_id)
+        if outcome.state == "complete" and self._better(outcome.value):
+            self._log_model(record, outcome)
+
+    def _better(self, value: float | None) -> bool:
+        if value is None:
+            return False
+        if self._best_model is None:
+            return True
+        sign = 1 if self.spec.study.mode == "min" else -1
+        return sign * value < sign * self._best_model[1]
+
+    def _log_model(self, record: _TrialRecord, outcome: TrialOutcome) -> None:
+        """Log a trial's trained network (the ``model.keras`` of its last checkpoint) as the study's best so
+        far: written as each new best completes, so that an interrupted study keeps its best model too."""
+        if record.checkpoint is None or outcome.value is None:
+            return
+        with record.checkpoint.as_directory() as directory:
+            path = Path(directory) / MODEL_FILE
+            if not path.is_file():
+                return
+            self.client.log_artifact(self.parent_run_id, str(path), "best_model")
+        self._best_model = (outcome.number, outcome.value)
+        tags = [RunTag("best_model_trial", str(outcome.number)), RunTag("best_model_value", repr(outcome.value))]
+        self.client.log_batch(self.parent_run_id, tags=tags)
 
     # -- the end of the launch
 
@@ -217,6 +288,12 @@ class Tracker:
                 self._flush(record)
                 self.client.set_terminated(record.run_id, "FAILED")
                 self._ended.add(trial_id)
+        ends = {o.number: o for o in result.trials}
+        started = {id(r) for r in self.trials.values()}
+        for number, record in self._by_number.items():  # an earlier launch's runs that nothing resumed
+            if not record.done and id(record) not in started:
+                end = ends.get(number)
+                self.client.set_terminated(record.run_id, STATUS[end.state] if end else "FAILED")
         counts = result.counts()
         metrics = [Metric(f"trials_{state}", n, int(time.time() * 1000), 0) for state, n in counts.items()]
         best = result.best
@@ -227,12 +304,13 @@ class Tracker:
             tags += [RunTag(f"best.{k}", _text(v)) for k, v in best.params.items()]
         self.client.log_batch(self.parent_run_id, metrics=metrics, tags=tags)
         model_uri = None
+        if best is not None and self._best_model is not None and self._best_model[0] == best.number:
+            model_uri = f"runs:/{self.parent_run_id}/best_model/{MODEL_FILE}"
+            self.client.set_tag(self.parent_run_id, "best_model_uri", model_uri)
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 self._write_artifacts(Path(tmp), result, search)
                 self.client.log_artifacts(self.parent_run_id, tmp)
-            if best is not None:
-                model_uri = self._log_best_model(best)
         except Exception as exc:  # the study itself is complete in Optuna and in the runs above
             self.warn(f"mlflow: could not log the study's artifacts: {type(exc).__name__}: {_first_line(exc)}")
         status = "KILLED" if result.interrupted else "FINISHED"
@@ -254,7 +332,7 @@ class Tracker:
 
         ends = {o.number: o for o in result.trials}
         curves = {}
-        for r in self.trials.values():
+        for r in self._by_number.values():
             end = ends.get(r.number)
             state, label = (end.state, end.diagnosis) if end else ("failed", None)
             curves[r.number] = report.Curve(r.optimizer, state, r.history, label)
@@ -269,7 +347,7 @@ class Tracker:
             )
 
     def _write_trials_csv(self, path: Path, result: StudyResult) -> None:
-        records = {r.number: r for r in self.trials.values()}
+        records = self._by_number
         names: list[str] = []
         for outcome in result.trials:
             names += [k for k in outcome.params if k not in names]
@@ -286,20 +364,6 @@ class Tracker:
                 row += [history[k][-1][1] if history.get(k) else "" for k in metric_keys]
                 row += [_best(history.get(k), k) for k in metric_keys if k != "lr"]
                 writer.writerow(row)
-
-    def _log_best_model(self, best: TrialOutcome) -> str | None:
-        """Log the best trial's trained network, the ``model.keras`` its last checkpoint holds."""
-        record = next((r for r in self.trials.values() if r.number == best.number), None)
-        if record is None or record.checkpoint is None:
-            return None
-        with record.checkpoint.as_directory() as directory:
-            path = Path(directory) / MODEL_FILE
-            if not path.is_file():
-                return None
-            self.client.log_artifact(self.parent_run_id, str(path), "best_model")
-        uri = f"runs:/{self.parent_run_id}/best_model/{MODEL_FILE}"
-        self.client.set_tag(self.parent_run_id, "best_model_uri", uri)
-        return uri
 
 
 class TrackingCallback(tune.Callback):

@@ -34,16 +34,27 @@ def train_trial(config: dict[str, Any], data: Dataset, *, threads: int = 1, prun
     from tuner import model  # TensorFlow is imported on the workers only.
 
     model.configure_threads(threads)
+    model.use_gpu_memory_growth()
     epochs = int(config["epochs"])
+    every = int(config.get("checkpoint_every", 1))
 
-    def report(metrics: dict[str, Any], engine: model.Engine) -> None:
-        if metrics["epoch"] < epochs or STOP_REASON in metrics:
+    def report(metrics: dict[str, Any], snapshot: model.Snapshot) -> None:
+        epoch = metrics["epoch"]
+        if STOP_REASON in metrics or (epoch % every and epoch < epochs):  # nothing to resume, or not yet
             tune.report(metrics)
             return
-        # The trained network goes to Tune's storage with the last result; the driver logs the best one.
+        # Every `checkpoint_every` epochs (default: each) leaves a checkpoint to resume from, on a new node
+        # after a failure or after `tuner resume`; the last also holds the network the driver logs if best.
         with tempfile.TemporaryDirectory() as directory:
-            engine.save(os.path.join(directory, MODEL_FILE))
+            snapshot.write(directory)
+            if epoch == epochs:
+                snapshot.save_model(os.path.join(directory, MODEL_FILE))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
     divergence = Divergence(pruning.max_ratio, pruning.patience) if pruning else None
-    model.train(data, config, report=report, divergence=divergence)
+    checkpoint = tune.get_checkpoint()  # this trial's own, after Ray Tune restarted it (a failure)
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            model.train(data, config, report=report, divergence=divergence, resume=directory)
+    else:  # or the checkpoint of the interrupted launch's trial it continues (`tuner resume`), if any
+        model.train(data, config, report=report, divergence=divergence, resume=config.get("resume_from"))
