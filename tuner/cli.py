@@ -240,3 +240,48 @@ def ui(port: int, host: str, workdir: str, tracking_uri: str | None) -> None:
         stop()
         code = server.wait()
     sys.exit(code)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--address", metavar="http://HOST:8265", help="The head's job server [default: RAY_API_SERVER_ADDRESS].")
+@click.argument("launch_options", nargs=-1, type=click.UNPROCESSED)
+@_errors
+def submit(spec: str, address: str | None, launch_options: tuple[str, ...]) -> None:
+    """Send `tuner launch SPEC [LAUNCH_OPTIONS]...` to a Ray cluster's head as a Ray job; print its id.
+
+    The spec (and a data file it names) travel with the job. The launch runs on the head, with the head's
+    TUNER_WORKDIR and MLFLOW_TRACKING_URI unless LAUNCH_OPTIONS say otherwise (e.g. --trials 30)."""
+    from tuner import jobs
+
+    job_id = jobs.submit(load_spec(spec), address=address, options=list(launch_options))
+    where = f" --address {address}" if address else ""
+    click.echo(job_id)
+    click.echo(f"follow it: tuner logs {job_id}{where} --follow   (status: tuner status {job_id}{where})", err=True)
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--address", metavar="http://HOST:8265", help="The head's job server [default: RAY_API_SERVER_ADDRESS].")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until the job ends.")
+@_errors
+def logs(job_id: str, address: str | None, follow: bool) -> None:
+    """Print the output of the submitted launch JOB_ID."""
+    from tuner import jobs
+
+    jobs.job_logs(job_id, address=address, follow=follow)
+
+
+@main.command()
+@click.argument("job_id", required=False)
+@click.option("--address", metavar="http://HOST:8265", help="The head's job server [default: RAY_API_SERVER_ADDRESS].")
+@_errors
+def status(job_id: str | None, address: str | None) -> None:
+    """Print JOB_ID's status, or every submitted launch with its study and status."""
+    from tuner import jobs
+
+    if job_id:
+        click.echo(jobs.job_status(job_id, address=address))
+        return
+    for job in jobs.list_jobs(address=address):
+        click.echo(f"{job['job_id']}  {job['status']:<9}  {job['study']}")

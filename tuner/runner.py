@@ -43,6 +43,8 @@ __all__ = ["Launch", "StudyResult", "resume_study", "run_study"]
 
 #: Environment every worker gets: quiet TensorFlow, Keras on TensorFlow.
 WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow", "PYTHONWARNINGS": "ignore"}
+#: Set by Ray in a job's driver (its job configuration, runtime environment included).
+JOB_CONFIG_VARIABLE = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 @dataclass(frozen=True)
@@ -269,10 +271,17 @@ def _execute(
     # Ray starts (seconds of waiting on its processes) while this thread reads the data and opens the
     # Optuna and MLflow stores.
     own_ray = not ray.is_initialized()
+    in_job = bool(os.environ.get(JOB_CONFIG_VARIABLE))
     with ThreadPoolExecutor(max_workers=1) as pool:
-        preparing = pool.submit(_prepare, spec, workdir, storage_url, tracking_uri, warn, plan.parent_run_id)
         try:
-            if own_ray:
+            if in_job and own_ray:
+                # In a Ray job (tuner submit), connecting unpacks the job's working directory afresh: the
+                # process's current directory is replaced under it. Connect first, then step back in.
+                cwd = os.getcwd()
+                _init_ray(address, verbose)
+                os.chdir(cwd)
+            preparing = pool.submit(_prepare, spec, workdir, storage_url, tracking_uri, warn, plan.parent_run_id)
+            if own_ray and not in_job:
                 _init_ray(address, verbose)
             dataset, optuna_storage, tracker = preparing.result()
         except BaseException:
@@ -529,8 +538,11 @@ def _init_ray(address: str | None, verbose: bool) -> None:
     kwargs: dict[str, Any] = {
         "log_to_driver": verbose,
         "logging_level": logging.INFO if verbose else logging.ERROR,
-        "runtime_env": {"env_vars": dict(env)},
     }
+    # Inside a Ray job (tuner submit) the job's runtime environment already carries these variables; a
+    # second runtime environment from the driver makes Ray rebuild the job's and lose its working directory.
+    if not os.environ.get(JOB_CONFIG_VARIABLE):
+        kwargs["runtime_env"] = {"env_vars": dict(env)}
     if not (address or os.environ.get("RAY_ADDRESS")):
         kwargs["include_dashboard"] = False
     try:

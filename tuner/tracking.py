@@ -106,8 +106,8 @@ class _TrialRecord:
     checkpoint: Any = None
     pending: list[Metric] = field(default_factory=list)
     flushed: float = field(default_factory=time.monotonic)
-    where: tuple[str, str] | None = None
-    logged: int = 0  # the last step logged before this launch (a resumed trial logs only later ones)
+    where: tuple[str, str, str] | None = None
+    logged: int = 0  # the last step logged (a trial resumed from a checkpoint logs only later ones)
     resumed_from: int | None = None
     done: bool = False  # its run had ended before this launch
 
@@ -205,7 +205,7 @@ class Tracker:
         epoch = int(result["epoch"])
         stamp = int(time.time() * 1000)
         if "node_ip" in result:  # where the trial trains (the last node, if a failure moved it)
-            record.where = (str(result["node_ip"]), str(result.get("pid", "")))
+            record.where = (str(result["node_ip"]), str(result.get("pid", "")), str(result.get("node_id", "")))
         if "resumed_from_epoch" in result:
             record.resumed_from = int(result["resumed_from_epoch"])
             for earlier in result.get("history") or ():  # epochs the checkpoint covers but MLflow lacks
@@ -219,6 +219,7 @@ class Tracker:
 
     def _collect(self, record: _TrialRecord, result: dict[str, Any], stamp: int) -> None:
         epoch = int(result["epoch"])
+        record.logged = max(record.logged, epoch)
         for key in METRICS:
             value = result.get(key)
             if isinstance(value, (int, float)) and math.isfinite(value):
@@ -239,7 +240,8 @@ class Tracker:
         if outcome.diagnosis:
             tags.append(RunTag("diagnosis", outcome.diagnosis))
         if record.where:  # where the trial trained last: the Ray node and worker process
-            tags += [RunTag("ray.node_ip", record.where[0]), RunTag("ray.pid", record.where[1])]
+            names = ("ray.node_ip", "ray.pid", "ray.node_id")
+            tags += [RunTag(name, value) for name, value in zip(names, record.where, strict=True) if value]
         if record.resumed_from is not None:
             tags.append(RunTag("resumed_from_epoch", str(record.resumed_from)))
         if outcome.reason:

@@ -9,6 +9,7 @@ import os
 import tempfile
 from typing import TYPE_CHECKING, Any
 
+import ray
 from ray import tune
 
 from tuner.pruning import Divergence
@@ -37,8 +38,10 @@ def train_trial(config: dict[str, Any], data: Dataset, *, threads: int = 1, prun
     model.use_gpu_memory_growth()
     epochs = int(config["epochs"])
     every = int(config.get("checkpoint_every", 1))
+    node = ray.get_runtime_context().get_node_id()  # which Ray node trained it, for the record
 
     def report(metrics: dict[str, Any], snapshot: model.Snapshot) -> None:
+        metrics = {**metrics, "node_id": node}
         epoch = metrics["epoch"]
         if STOP_REASON in metrics or (epoch % every and epoch < epochs):  # nothing to resume, or not yet
             tune.report(metrics)

@@ -1,0 +1,117 @@
+"""``tuner submit``: a whole launch sent to a Ray cluster's head as a Ray job (Ray's Job Submission API).
+
+The spec (and a data file it names) travels in the job's runtime environment (``working_dir``); the job runs
+``tuner launch`` on the head, where the Optuna and MLflow stores are the cluster's (see docker/compose.yaml).
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from tuner.errors import TunerError
+
+WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow", "PYTHONWARNINGS": "ignore"}
+
+if TYPE_CHECKING:
+    from ray.job_submission import JobSubmissionClient
+
+    from tuner.spec import Spec
+
+__all__ = ["job_logs", "job_status", "list_jobs", "submit"]
+
+#: Job metadata key naming the study a job runs.
+STUDY_KEY = "tuner.study"
+
+
+def client(address: str | None) -> JobSubmissionClient:
+    """A job client for the head's dashboard (``http://HOST:8265``; default RAY_API_SERVER_ADDRESS or
+    RAY_ADDRESS, as Ray resolves it). Token authentication takes RAY_AUTH_TOKEN from the environment.
+
+    Raises:
+        TunerError: no cluster answers there.
+    """
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(address)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = address or "RAY_API_SERVER_ADDRESS / RAY_ADDRESS"
+        raise TunerError(f"cannot reach Ray's job server at {where}: {str(exc).splitlines()[0]}") from None
+
+
+def submit(spec: Spec, *, address: str | None, options: list[str]) -> str:
+    """Submit ``tuner launch`` of ``spec`` as a Ray job; returns the job id.
+
+    ``options`` are further ``tuner launch`` options (``--trials 6``, ``--tracking-uri ...``), passed as given.
+    """
+    jobs = client(address)
+    with tempfile.TemporaryDirectory(prefix="tuner-job-") as directory:
+        doc = spec.to_doc()
+        if spec.data.path:  # the data file travels with the spec, named relative to it
+            source = Path(spec.data.path)
+            shutil.copy(source, Path(directory) / source.name)
+            doc["data"]["dataset"] = f"{spec.data.dataset}:{source.name}"
+        (Path(directory) / "spec.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+        command = ["python", "-m", "tuner", "launch", "spec.yaml", "--json", *options]
+        try:
+            return str(
+                jobs.submit_job(
+                    entrypoint=shlex.join(command),
+                    # The launch inside the job leaves the job's runtime environment alone (see runner).
+                    runtime_env={"working_dir": directory, "env_vars": dict(WORKER_ENV)},
+                    metadata={STUDY_KEY: spec.study.name},
+                )
+            )
+        except RuntimeError as exc:
+            raise TunerError(f"the cluster refused the job: {str(exc).splitlines()[0]}") from None
+
+
+def job_status(job_id: str, *, address: str | None) -> str:
+    """The job's status: PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED."""
+    try:
+        return str(client(address).get_job_status(job_id).value)
+    except RuntimeError as exc:
+        raise TunerError(f"no job {job_id}: {str(exc).splitlines()[0]}") from None
+
+
+def job_logs(job_id: str, *, address: str | None, follow: bool = False) -> None:
+    """Write the job's output to stdout; with ``follow``, until it ends."""
+    jobs = client(address)
+    try:
+        if not follow:
+            sys.stdout.write(jobs.get_job_logs(job_id))
+            return
+        import asyncio
+
+        async def tail() -> None:
+            async for lines in jobs.tail_job_logs(job_id):
+                sys.stdout.write(lines)
+                sys.stdout.flush()
+
+        asyncio.run(tail())
+    except RuntimeError as exc:
+        raise TunerError(f"no job {job_id}: {str(exc).splitlines()[0]}") from None
+
+
+def list_jobs(*, address: str | None) -> list[dict[str, Any]]:
+    """Every tuner job the cluster knows: id, study, status, start time."""
+    out = []
+    for job in client(address).list_jobs():
+        metadata = job.metadata or {}
+        if STUDY_KEY in metadata:
+            out.append(
+                {
+                    "job_id": job.submission_id,
+                    "study": metadata[STUDY_KEY],
+                    "status": str(job.status.value),
+                    "start_time": job.start_time,
+                }
+            )
+    return sorted(out, key=lambda j: j["start_time"] or 0)
