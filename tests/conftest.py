@@ -121,3 +121,38 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[dict[str, str]]:
+    """A real S3-compatible server (moto's) on 127.0.0.1 with an empty bucket ``tuner``; yields the
+    environment a client (tuner, Ray's workers, pyarrow) needs to reach it."""
+    import subprocess
+    import sys
+
+    import boto3
+
+    port = free_port()
+    env = {
+        "AWS_ACCESS_KEY_ID": "tuner-test",
+        "AWS_SECRET_ACCESS_KEY": "tuner-test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/moto-api/")
+        s3 = boto3.client(
+            "s3", endpoint_url=url, aws_access_key_id="tuner-test", aws_secret_access_key="tuner-test",
+            region_name="us-east-1",
+        )  # fmt: skip
+        s3.create_bucket(Bucket="tuner")
+        yield {**env, "TUNER_TEST_S3_ENDPOINT": f"127.0.0.1:{port}"}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

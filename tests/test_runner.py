@@ -98,14 +98,26 @@ def test_regression_study_on_diabetes(tmp_path: Path) -> None:
     assert set(OPTIMIZERS["rmsprop"]) >= {"learning_rate"}
 
 
-def test_a_killed_driver_is_resumed_with_exactly_the_trials_it_asked_for(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_killed_driver_is_resumed_with_exactly_the_trials_it_asked_for(
+    where: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """kill -9 of `tuner launch` mid-study, then `tuner resume`: N trials in Optuna, N runs under one
-    parent in MLflow, none RUNNING, none twice, and the interrupted trials continue from their checkpoints."""
+    parent in MLflow, none RUNNING, none twice, and the interrupted trials continue from their checkpoints,
+    kept in the work directory or in an S3 bucket (a real S3-compatible server on 127.0.0.1)."""
+    import os
     import signal
     import subprocess
     import time
 
     from .conftest import tuner_command, write
+
+    env, options = dict(os.environ), []
+    if where == "s3":
+        s3 = request.getfixturevalue("s3_server")
+        env.update(s3)
+        endpoint = s3["TUNER_TEST_S3_ENDPOINT"]
+        options = ["--storage-path", f"s3://tuner/{tmp_path.name}?endpoint_override={endpoint}&scheme=http"]
 
     spec = write(
         tmp_path / "long.yaml",
@@ -114,7 +126,9 @@ def test_a_killed_driver_is_resumed_with_exactly_the_trials_it_asked_for(tmp_pat
     )
     workdir = tmp_path / "work"
     out = (tmp_path / "launch.txt").open("w")
-    driver = subprocess.Popen([tuner_command(), "launch", str(spec), "--workdir", str(workdir)], stdout=out)
+    driver = subprocess.Popen(
+        [tuner_command(), "launch", str(spec), "--workdir", str(workdir), *options], stdout=out, env=env
+    )
     storage = f"sqlite:///{workdir / 'optuna.db'}"
 
     def checkpointed() -> bool:  # a later trial is running with a few epochs (and their checkpoints) behind it
@@ -136,6 +150,7 @@ def test_a_killed_driver_is_resumed_with_exactly_the_trials_it_asked_for(tmp_pat
         capture_output=True,
         text=True,
         timeout=600,
+        env=env,
     )
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout.strip().splitlines()[-1])
@@ -157,3 +172,14 @@ def test_a_killed_driver_is_resumed_with_exactly_the_trials_it_asked_for(tmp_pat
     for run in children:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
         assert sorted(steps) == list(range(1, 41))  # every epoch once: nothing lost, nothing twice
+    if where == "s3":  # both launches kept their checkpoints in the bucket, not in the work directory
+        import boto3
+
+        client_s3 = boto3.client(
+            "s3", endpoint_url=f"http://{endpoint}", region_name=s3["AWS_DEFAULT_REGION"],
+            aws_access_key_id=s3["AWS_ACCESS_KEY_ID"], aws_secret_access_key=s3["AWS_SECRET_ACCESS_KEY"],
+        )  # fmt: skip
+        bucket = client_s3.list_objects_v2(Bucket="tuner")
+        keys = [o["Key"] for o in bucket["Contents"] if o["Key"].startswith(f"{tmp_path.name}/kill-")]
+        assert len({k.split("/")[1] for k in keys if "/checkpoint_" in k}) == 2  # two experiments
+        assert not list(workdir.glob("**/checkpoint_*"))

@@ -208,6 +208,9 @@ def resume_study(
     )
     options = _options(locals())
     options["storage"] = storage_url
+    if storage_path is None and experiments:  # where the launch kept its checkpoints (a bucket, a shared path)
+        head, mark, query = experiments[-1].partition("?")
+        options["storage_path"] = head.rsplit("/", 1)[0] + mark + query
     if tracking_uri is None:
         options["tracking_uri"] = info.get("mlflow", {}).get("tracking_uri")
     return _execute(spec, plan, **options)
@@ -232,15 +235,28 @@ def _load_study(name: str, storage_url: str) -> optuna.Study:
 
 
 def _last_checkpoint(experiments: tuple[str, ...], trial_id: str | None) -> str | None:
-    """The newest complete checkpoint a trial left in any of its launch's Ray Tune experiments."""
+    """The newest complete checkpoint a trial left in any of its launch's Ray Tune experiments: a path, or a
+    URI on the experiment's storage (``s3://...``), which ``tune.Checkpoint`` reads from either."""
+    import pyarrow.fs
+
     if not trial_id:
         return None
+    trial = _trial_name_for(trial_id)
     for experiment in reversed(experiments):
-        directory = Path(experiment) / _trial_name_for(trial_id)
-        for checkpoint in sorted(directory.glob("checkpoint_*"), reverse=True):
-            if (checkpoint / "progress.json").is_file() and (checkpoint / "state.npz").is_file():
-                return str(checkpoint)
+        filesystem, path = pyarrow.fs.FileSystem.from_uri(_join_uri(experiment, trial))
+        found = filesystem.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+        names = sorted((f.base_name for f in found if f.base_name.startswith("checkpoint_")), reverse=True)
+        for name in names:
+            files = filesystem.get_file_info([f"{path}/{name}/{f}" for f in ("progress.json", "state.npz")])
+            if all(f.type == pyarrow.fs.FileType.File for f in files):
+                return _join_uri(experiment, trial, name)
     return None
+
+
+def _join_uri(base: str, *parts: str) -> str:
+    """``base/part/...``, for a path or a URI whose query (``s3://b/p?endpoint_override=...``) stays last."""
+    head, mark, query = base.partition("?")
+    return "/".join([head.rstrip("/"), *parts]) + mark + query
 
 
 def _execute(
@@ -293,7 +309,7 @@ def _execute(
         concurrency = spec.study.concurrency or _default_concurrency(spec)
         search = StudySearch(spec, storage=optuna_storage, sampler=sampler, launch=plan.launch, adopt=plan.adopt)
         root = storage_path or str(workdir / "ray_results")
-        experiment = f"{root.rstrip('/')}/{spec.study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        experiment = _join_uri(root, f"{spec.study.name}-{time.strftime('%Y%m%d-%H%M%S')}")
         _record_launch(search.study, spec, plan, experiment, tracking_uri, tracker.parent_run_id)
         if announce:
             s = spec.study
@@ -405,7 +421,9 @@ def _tune(
     progress: Callable[[TrialOutcome], None] | None,
     tracker: tune.Callback,
 ) -> bool:
-    """Run the trials through Ray Tune; returns whether the run was interrupted."""
+    """Run the trials through Ray Tune into ``experiment`` (a path or URI); returns whether it was interrupted."""
+    head, mark, query = experiment.partition("?")
+    storage_path, name = head.rsplit("/", 1)
     threads = max(1, int(spec.resources.cpus_per_trial))
     resourced = tune.with_resources(
         tune.with_parameters(trainable, data=dataset, threads=threads, pruning=spec.pruning),
@@ -425,8 +443,8 @@ def _tune(
             trial_dirname_creator=_trial_name,
         ),
         run_config=tune.RunConfig(
-            name=experiment.rsplit("/", 1)[1],
-            storage_path=experiment.rsplit("/", 1)[0],
+            name=name,
+            storage_path=storage_path + mark + query,
             stop=_StopOnReason(STOP_REASON),
             # A trial whose worker (or node) dies starts again from its last epoch's checkpoint.
             failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),

@@ -59,5 +59,8 @@ def train_trial(config: dict[str, Any], data: Dataset, *, threads: int = 1, prun
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             model.train(data, config, report=report, divergence=divergence, resume=directory)
-    else:  # or the checkpoint of the interrupted launch's trial it continues (`tuner resume`), if any
-        model.train(data, config, report=report, divergence=divergence, resume=config.get("resume_from"))
+    elif config.get("resume_from"):  # or that of the interrupted launch's trial it continues (`tuner resume`)
+        with tune.Checkpoint(config["resume_from"]).as_directory() as directory:  # a path, or a URI (s3://...)
+            model.train(data, config, report=report, divergence=divergence, resume=directory)
+    else:
+        model.train(data, config, report=report, divergence=divergence)
