@@ -140,6 +140,21 @@ def test_states_told_to_optuna_are_the_truth(tmp_path: Path) -> None:
     assert s.outcomes["t0"].params["optimizer"] in OPTIMIZERS
 
 
+def test_a_curve_stopped_early_is_diagnosed_against_the_others_at_the_same_epoch(tmp_path: Path) -> None:
+    """A trial ASHA stops at epoch 2 is not `too_slow` for being above the best trial's final loss: what
+    matters is where the others were at epoch 2."""
+    s = search(spec_for("random"), tmp_path / "s.db")
+    curves = {"t0": [1.0, 0.5, 0.3, 0.2], "t1": [1.0, 0.55], "t2": [2.3, 2.2]}
+    for trial_id, values in curves.items():
+        s.suggest(trial_id)
+        for epoch, value in enumerate(values, 1):
+            s.on_trial_result(trial_id, {"loss": value, "val_loss": value, "epoch": epoch})
+        s.on_trial_complete(trial_id, {"loss": values[-1], "val_loss": values[-1], "epoch": len(values)})
+    labels = {t.user_attrs["ray_trial_id"]: t.user_attrs["diagnosis"] for t in s.study.trials}
+    # t1 at epoch 2 is level with t0 at epoch 2 (though 0.55 > 2 x t0's final 0.2); t2 is far behind it.
+    assert labels == {"t0": "good", "t1": "good", "t2": "too_slow"}
+
+
 def test_an_existing_study_with_another_space_is_refused(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
     run(search(spec_for("random"), tmp_path / "s.db"), 2)

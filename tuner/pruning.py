@@ -33,7 +33,7 @@ SWING = 0.10
 SWING_FLOOR = 0.005
 #: A curve oscillates with at least this many swings (and a fifth of its steps), one in its second half.
 MIN_SWINGS = 3
-#: "Far from the best trials": a training loss above this many times the best validation loss so far.
+#: "Far from the best trials": a validation loss above this many times the best the others had at that epoch.
 FAR = 2.0
 #: Without other trials to compare with, a curve is far if it has not made this much of its way down.
 PROGRESS = 0.5
@@ -200,8 +200,8 @@ def diagnose(
        A rise counts if it is also more than 0.5% of the first loss: wiggles near zero are not swings.
     3. ``too_slow``: still descending steadily at the end (every step of the last third lower), still
        underfitting (training loss at least half the validation loss), and far from the best trials (a
-       validation loss above 2x the best one so far; with no other trial yet, less than half of its
-       starting loss gone): the learning rate is probably too small.
+       validation loss above 2x the lowest other trials had at the same epoch; with none to compare,
+       less than half of its starting loss gone): the learning rate is probably too small.
     4. ``plateau``: stuck at a high loss: not descending at the end, the second half within 5%, and
        far from the best trials as above.
     5. ``good``: none of these. A curve of a single epoch has no shape: it is ``diverged`` or ``good``.
@@ -210,7 +210,8 @@ def diagnose(
         loss: training loss per epoch.
         val_loss: validation loss per epoch (the training loss stands in where it is missing).
         stop_reason: why the trial stopped early, if it did.
-        best_val_loss: the best validation loss of the study's complete trials so far, if any.
+        best_val_loss: the lowest validation loss the study's ended trials had at this curve's last epoch
+            (a curve stopped at epoch 2 is compared with the others' epoch 2, not with their end), if any.
     """
     values = list(loss)
     if (stop_reason or "").startswith("diverged") or any(not math.isfinite(v) for v in values):

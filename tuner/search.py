@@ -239,9 +239,10 @@ class StudySearch(OptunaSearch):
         self._epochs = spec.training.epochs
         self._scheduler = spec.pruning.scheduler
         self._failed: set[str] = set()
-        # Each trial's loss curves, epoch -> value, for the diagnosis; and the best validation loss so far.
+        # Each trial's loss curves, epoch -> value, for the diagnosis; and the lowest validation loss ended
+        # trials had at each epoch, so that a curve stopped early is compared with others at the same epoch.
         self._curves: dict[str, dict[str, dict[int, float]]] = {}
-        self._best_val_loss: float | None = None
+        self._best_at: dict[int, float] = {}
         self._launch = launch
         self._adopt = list(adopt)
         self.outcomes: dict[str, TrialOutcome] = {}
@@ -362,9 +363,9 @@ class StudySearch(OptunaSearch):
                 raise
         self._completed_trials.add(trial_id)
         self.outcomes[trial_id] = TrialOutcome.from_frozen(storage.get_trial(trial._trial_id))
-        val_loss = self._curves.get(trial_id, {}).get("val_loss", {})
-        if state == TrialState.COMPLETE and val_loss and math.isfinite(last := val_loss[max(val_loss)]):
-            self._best_val_loss = last if self._best_val_loss is None else min(self._best_val_loss, last)
+        for epoch, value in self._curves.get(trial_id, {}).get("val_loss", {}).items():
+            if math.isfinite(value):
+                self._best_at[epoch] = min(value, self._best_at.get(epoch, value))
 
     def _diagnose(self, trial_id: str, stop_reason: str | None) -> str | None:
         """The label of a trial's training-loss curve (see :func:`tuner.pruning.diagnose`); None without one."""
@@ -373,7 +374,8 @@ class StudySearch(OptunaSearch):
             return None
         loss = [curves["loss"][e] for e in sorted(curves["loss"])]
         val_loss = [curves["val_loss"][e] for e in sorted(curves["val_loss"])]
-        return diagnose(loss, val_loss, stop_reason=stop_reason, best_val_loss=self._best_val_loss)
+        best = self._best_at.get(max(curves["loss"]))  # the others at this curve's last epoch
+        return diagnose(loss, val_loss, stop_reason=stop_reason, best_val_loss=best)
 
 
 class FailureReasons(tune.Callback):
