@@ -21,7 +21,7 @@ def ray_local() -> Iterator[None]:
     """A real local Ray with 2 CPUs, shared by every test that runs trials in-process."""
     import ray
 
-    from tuner.runner import WORKER_ENV
+    from tuner.trainable import WORKER_ENV
 
     ray.init(
         num_cpus=2,

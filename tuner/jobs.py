@@ -17,8 +17,6 @@ import yaml
 
 from tuner.errors import TunerError
 
-WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow", "PYTHONWARNINGS": "ignore"}
-
 if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient
 
@@ -51,6 +49,8 @@ def submit(spec: Spec, *, address: str | None, options: list[str]) -> str:
 
     ``options`` are further ``tuner launch`` options (``--trials 6``, ``--tracking-uri ...``), passed as given.
     """
+    from tuner.trainable import WORKER_ENV
+
     jobs = client(address)
     with tempfile.TemporaryDirectory(prefix="tuner-job-") as directory:
         doc = spec.to_doc()

@@ -37,12 +37,10 @@ from tuner.search import (
     open_storage,
 )
 from tuner.spec import Spec, parse_spec
-from tuner.trainable import STOP_REASON, train_trial
+from tuner.trainable import STOP_REASON, WORKER_ENV, train_trial
 
 __all__ = ["Launch", "StudyResult", "resume_study", "run_study"]
 
-#: Environment every worker gets: quiet TensorFlow, Keras on TensorFlow.
-WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow", "PYTHONWARNINGS": "ignore"}
 #: Set by Ray in a job's driver (its job configuration, runtime environment included).
 JOB_CONFIG_VARIABLE = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 

@@ -18,12 +18,14 @@ if TYPE_CHECKING:
     from tuner.data import Dataset
     from tuner.spec import Pruning
 
-__all__ = ["MODEL_FILE", "STOP_REASON", "train_trial"]
+__all__ = ["MODEL_FILE", "STOP_REASON", "WORKER_ENV", "train_trial"]
 
 #: A result key set by the trainer when it stopped by itself (e.g. a diverged loss).
 STOP_REASON = "stop_reason"
 #: The trained network in a trial's last checkpoint, loadable with ``keras.models.load_model``.
 MODEL_FILE = "model.keras"
+#: Environment every worker process gets (Ray's runtime environment): quiet TensorFlow, Keras on TensorFlow.
+WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow", "PYTHONWARNINGS": "ignore"}
 
 
 def train_trial(config: dict[str, Any], data: Dataset, *, threads: int = 1, pruning: Pruning | None = None) -> None:
