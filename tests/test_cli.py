@@ -67,6 +67,10 @@ def test_launch_with_a_bad_spec_creates_nothing(path: Path, tmp_path: Path) -> N
             ["--storage", "not a url"],
             "error: --storage: not a database URL, e.g. sqlite:///optuna.db (got 'not a url')",
         ),
+        (
+            ["--resume", "--trials", "3", "--epochs", "2"],
+            "error: --resume finishes the interrupted launch as it was asked for; --trials, --epochs cannot change it",
+        ),
     ],
 )
 def test_bad_options_exit_2_and_create_nothing(options: list[str], message: str, tmp_path: Path) -> None:

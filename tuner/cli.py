@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import click
 
 from tuner import __version__
-from tuner.errors import TunerError
+from tuner.errors import TunerError, UsageError
 from tuner.spec import load_spec
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -118,7 +118,13 @@ def launch(
     **run: Any,
 ) -> None:
     """Run the study SPEC describes and print its best trials."""
-    loaded = load_spec(spec).override(trials=trials, concurrency=concurrency, epochs=epochs, seed=seed, name=name)
+    overrides = {"trials": trials, "concurrency": concurrency, "epochs": epochs, "seed": seed}
+    given = [f"--{key}" for key, value in overrides.items() if value is not None]
+    if resume and given:
+        raise UsageError(
+            f"--resume finishes the interrupted launch as it was asked for; {', '.join(given)} cannot change it"
+        )
+    loaded = load_spec(spec).override(**overrides, name=name)
     if resume:
         _run(loaded.study.name, None, **run)
     else:
@@ -242,9 +248,15 @@ def ui(port: int, host: str, workdir: str, tracking_uri: str | None) -> None:
     sys.exit(code)
 
 
+#: Where ``submit``, ``logs`` and ``status`` find the cluster: its head's job server (the dashboard's port).
+_job_address = click.option(
+    "--address", metavar="http://HOST:8265", help="The head's job server [default: RAY_API_SERVER_ADDRESS]."
+)
+
+
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("--address", metavar="http://HOST:8265", help="The head's job server [default: RAY_API_SERVER_ADDRESS].")
+@_job_address
 @click.argument("launch_options", nargs=-1, type=click.UNPROCESSED)
 @_errors
 def submit(spec: str, address: str | None, launch_options: tuple[str, ...]) -> None:
@@ -262,7 +274,7 @@ def submit(spec: str, address: str | None, launch_options: tuple[str, ...]) -> N
 
 @main.command()
 @click.argument("job_id")
-@click.option("--address", metavar="http://HOST:8265", help="The head's job server [default: RAY_API_SERVER_ADDRESS].")
+@_job_address
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until the job ends.")
 @_errors
 def logs(job_id: str, address: str | None, follow: bool) -> None:
@@ -274,7 +286,7 @@ def logs(job_id: str, address: str | None, follow: bool) -> None:
 
 @main.command()
 @click.argument("job_id", required=False)
-@click.option("--address", metavar="http://HOST:8265", help="The head's job server [default: RAY_API_SERVER_ADDRESS].")
+@_job_address
 @_errors
 def status(job_id: str | None, address: str | None) -> None:
     """Print JOB_ID's status, or every submitted launch with its study and status."""

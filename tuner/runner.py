@@ -207,8 +207,7 @@ def resume_study(
     options = _options(locals())
     options["storage"] = storage_url
     if storage_path is None and experiments:  # where the launch kept its checkpoints (a bucket, a shared path)
-        head, mark, query = experiments[-1].partition("?")
-        options["storage_path"] = head.rsplit("/", 1)[0] + mark + query
+        options["storage_path"] = _parent_uri(experiments[-1])
     if tracking_uri is None:
         options["tracking_uri"] = info.get("mlflow", {}).get("tracking_uri")
     return _execute(spec, plan, **options)
@@ -255,6 +254,12 @@ def _join_uri(base: str, *parts: str) -> str:
     """``base/part/...``, for a path or a URI whose query (``s3://b/p?endpoint_override=...``) stays last."""
     head, mark, query = base.partition("?")
     return "/".join([head.rstrip("/"), *parts]) + mark + query
+
+
+def _parent_uri(uri: str) -> str:
+    """The inverse of :func:`_join_uri` for one part: ``s3://b/p/x?q`` -> ``s3://b/p?q``."""
+    head, mark, query = uri.partition("?")
+    return head.rsplit("/", 1)[0] + mark + query
 
 
 def _execute(
@@ -307,7 +312,8 @@ def _execute(
         concurrency = spec.study.concurrency or _default_concurrency(spec)
         search = StudySearch(spec, storage=optuna_storage, sampler=sampler, launch=plan.launch, adopt=plan.adopt)
         root = storage_path or str(workdir / "ray_results")
-        experiment = _join_uri(root, f"{spec.study.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        name = f"{spec.study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        experiment = _join_uri(root, name)
         _record_launch(search.study, spec, plan, experiment, tracking_uri, tracker.parent_run_id)
         if announce:
             s = spec.study
@@ -315,7 +321,7 @@ def _execute(
                             dataset.describe(), s.metric, s.mode, storage_url))  # fmt: skip
         callback = tracking.TrackingCallback(tracker, search)
         interrupted = (
-            _tune(spec, search, trainable, dataset, experiment, plan.samples, concurrency, progress, callback)
+            _tune(spec, search, trainable, dataset, (root, name), plan.samples, concurrency, progress, callback)
             if plan.samples
             else False
         )
@@ -413,15 +419,15 @@ def _tune(
     search: StudySearch,
     trainable: Callable[..., None],
     dataset: Dataset,
-    experiment: str,
+    experiment: tuple[str, str],
     trials: int,
     concurrency: int,
     progress: Callable[[TrialOutcome], None] | None,
     tracker: tune.Callback,
 ) -> bool:
-    """Run the trials through Ray Tune into ``experiment`` (a path or URI); returns whether it was interrupted."""
-    head, mark, query = experiment.partition("?")
-    storage_path, name = head.rsplit("/", 1)
+    """Run the trials through Ray Tune into ``experiment`` (its storage path or URI, and its name); returns
+    whether the run was interrupted."""
+    storage_path, name = experiment
     threads = max(1, int(spec.resources.cpus_per_trial))
     resourced = tune.with_resources(
         tune.with_parameters(trainable, data=dataset, threads=threads, pruning=spec.pruning),
@@ -442,7 +448,7 @@ def _tune(
         ),
         run_config=tune.RunConfig(
             name=name,
-            storage_path=storage_path + mark + query,
+            storage_path=storage_path,
             stop=_StopOnReason(STOP_REASON),
             # A trial whose worker (or node) dies starts again from its last epoch's checkpoint.
             failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),

@@ -5,6 +5,7 @@ It never talks to Optuna or MLflow; the driver turns its reports into trial stat
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from typing import TYPE_CHECKING, Any
@@ -57,12 +58,10 @@ def train_trial(config: dict[str, Any], data: Dataset, *, threads: int = 1, prun
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
     divergence = Divergence(pruning.max_ratio, pruning.patience) if pruning else None
-    checkpoint = tune.get_checkpoint()  # this trial's own, after Ray Tune restarted it (a failure)
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            model.train(data, config, report=report, divergence=divergence, resume=directory)
-    elif config.get("resume_from"):  # or that of the interrupted launch's trial it continues (`tuner resume`)
-        with tune.Checkpoint(config["resume_from"]).as_directory() as directory:  # a path, or a URI (s3://...)
-            model.train(data, config, report=report, divergence=divergence, resume=directory)
-    else:
-        model.train(data, config, report=report, divergence=divergence)
+    # Where to start from: this trial's own checkpoint after Ray Tune restarted it (a failure), or that of
+    # the interrupted launch's trial it continues (`tuner resume`; a path or a URI such as s3://...).
+    start = tune.get_checkpoint()
+    if start is None and config.get("resume_from"):
+        start = tune.Checkpoint(config["resume_from"])
+    with start.as_directory() if start is not None else contextlib.nullcontext() as directory:
+        model.train(data, config, report=report, divergence=divergence, resume=directory)
