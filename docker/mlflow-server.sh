@@ -1,15 +1,25 @@
 #!/usr/bin/env bash
 # Start the cluster's MLflow tracking server with authentication on (MLflow's basic-auth app).
 #
-# The admin account comes from MLFLOW_ADMIN_USERNAME and MLFLOW_ADMIN_PASSWORD (docker/.env, not committed);
-# runs go to PostgreSQL (MLFLOW_BACKEND_STORE_URI) and artifacts to a directory every node mounts.
+# The admin account comes from MLFLOW_ADMIN_USERNAME and MLFLOW_ADMIN_PASSWORD, and the key that signs its
+# login forms (CSRF) from MLFLOW_FLASK_SERVER_SECRET_KEY (docker/.env, not committed). Runs and accounts go to
+# MLFLOW_BACKEND_STORE_URI (PostgreSQL in the compose file), artifacts to a directory every node mounts. The
+# Host headers it accepts are MLflow's own setting, MLFLOW_SERVER_ALLOWED_HOSTS.
 set -euo pipefail
 
-: "${MLFLOW_ADMIN_USERNAME:?set MLFLOW_ADMIN_USERNAME in docker/.env}"
-: "${MLFLOW_ADMIN_PASSWORD:?set MLFLOW_ADMIN_PASSWORD in docker/.env}"
-: "${MLFLOW_BACKEND_STORE_URI:?set MLFLOW_BACKEND_STORE_URI}"
+for name in MLFLOW_ADMIN_USERNAME MLFLOW_ADMIN_PASSWORD MLFLOW_FLASK_SERVER_SECRET_KEY MLFLOW_BACKEND_STORE_URI; do
+  if [ -z "${!name:-}" ]; then
+    echo "mlflow-server.sh: $name is not set; put it in docker/.env (see docker/.env.example)" >&2
+    exit 2
+  fi
+done
+if [ "${#MLFLOW_ADMIN_PASSWORD}" -lt 12 ]; then
+  echo "mlflow-server.sh: MLFLOW_ADMIN_PASSWORD must have at least 12 characters (MLflow's rule), got ${#MLFLOW_ADMIN_PASSWORD}" >&2
+  exit 2
+fi
 
 config=$(mktemp --suffix=.ini)
+chmod 600 "$config"
 cat > "$config" <<INI
 [mlflow]
 default_permission = READ
@@ -19,10 +29,13 @@ admin_password = ${MLFLOW_ADMIN_PASSWORD}
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 INI
 export MLFLOW_AUTH_CONFIG_PATH=$config
+# MLflow's background job runner serves GenAI features a study does not use; it costs a process.
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}
 
 exec mlflow server \
   --app-name basic-auth \
   --backend-store-uri "$MLFLOW_BACKEND_STORE_URI" \
   --artifacts-destination "${MLFLOW_ARTIFACTS_DESTINATION:-/shared/mlartifacts}" \
   --host "${MLFLOW_HOST:-0.0.0.0}" \
-  --port "${MLFLOW_PORT:-5000}"
+  --port "${MLFLOW_PORT:-5000}" \
+  --workers "${MLFLOW_WORKERS:-2}"

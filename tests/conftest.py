@@ -6,6 +6,7 @@ import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,21 @@ SEARCH_SPACES = sorted((ROOT / "search_spaces").glob("*.yaml"))
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+#: Lines a test adds to report how long something took (the deployment's build, start-up and studies); printed
+#: at the end of the run. Reported, not asserted.
+TIMINGS = pytest.StashKey[list[str]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[TIMINGS] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    if config.stash.get(TIMINGS, []):
+        terminalreporter.section("timings")
+        for line in config.stash[TIMINGS]:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

@@ -166,3 +166,13 @@ def test_a_storage_optuna_cannot_open_is_exit_1_and_one_line(tmp_path: Path) -> 
     assert done.returncode == 1
     assert done.stderr.strip().startswith("error: cannot open the Optuna storage nosuchdb://x/y")
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_the_optuna_storage_comes_from_optuna_storage_as_optunas_cli_reads_it(tmp_path: Path) -> None:
+    """OPTUNA_STORAGE, the variable Optuna's own CLI reads, is the default of --storage (the cluster sets it)."""
+    url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    optuna.create_study(study_name="other", storage=url)
+    result = CliRunner().invoke(main, ["resume", "nosuch", "--workdir", str(tmp_path)], env={"OPTUNA_STORAGE": url})
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: no study 'nosuch' in {url}"
+    assert not (tmp_path / "optuna.db").exists()

@@ -192,7 +192,9 @@ def test_a_study_submitted_as_a_ray_job_runs_to_completion(cluster: Cluster, tmp
     spec = ROOT / "search_spaces" / "adam.yaml"
     workdir = tmp_path / "on-the-head"
     args = [str(spec), "--address", cluster.dashboard, "--trials", "2", "--epochs", "2", "--workdir", str(workdir)]
-    done = subprocess.run([tuner_command(), "submit", *args], env=cluster.env, capture_output=True, text=True)
+    # The user exports the token alone, as the README says (Ray's own client also wants RAY_AUTH_MODE=token).
+    client_env = {k: v for k, v in cluster.env.items() if k != "RAY_AUTH_MODE"}
+    done = subprocess.run([tuner_command(), "submit", *args], env=client_env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     job = done.stdout.strip()
     assert job.startswith("raysubmit_")
@@ -201,20 +203,20 @@ def test_a_study_submitted_as_a_ray_job_runs_to_completion(cluster: Cluster, tmp
     while time.monotonic() < deadline:
         status = subprocess.run(
             [tuner_command(), "status", job, "--address", cluster.dashboard],
-            env=cluster.env, capture_output=True, text=True, check=True,
+            env=client_env, capture_output=True, text=True, check=True,
         ).stdout.strip()  # fmt: skip
         if status in ("SUCCEEDED", "FAILED", "STOPPED"):
             break
         time.sleep(2)
     logs = subprocess.run(
-        [tuner_command(), "logs", job, "--address", cluster.dashboard], env=cluster.env, capture_output=True, text=True
+        [tuner_command(), "logs", job, "--address", cluster.dashboard], env=client_env, capture_output=True, text=True
     ).stdout
     assert status == "SUCCEEDED", logs[-3000:]
     summary = json.loads(logs.strip().splitlines()[-1])
     assert summary["study"] == "adam-digits" and summary["trials"]["complete"] == 2
     assert (workdir / "optuna.db").is_file()
     listed = subprocess.run(
-        [tuner_command(), "status", "--address", cluster.dashboard], env=cluster.env, capture_output=True, text=True
+        [tuner_command(), "status", "--address", cluster.dashboard], env=client_env, capture_output=True, text=True
     ).stdout
     assert f"{job}  SUCCEEDED  adam-digits" in listed
 

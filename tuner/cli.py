@@ -67,7 +67,12 @@ def validate(spec: str) -> None:
 def _run_options(command: F) -> F:
     """The options every command that runs a study takes: where its state lives, where it runs, output."""
     options = [
-        click.option("--storage", metavar="OPTUNA_URL", help="Optuna storage [default: sqlite:///WORKDIR/optuna.db]."),
+        click.option(
+            "--storage",
+            metavar="OPTUNA_URL",
+            envvar="OPTUNA_STORAGE",
+            help="Optuna storage [default: OPTUNA_STORAGE, as Optuna's CLI reads it, else sqlite:///WORKDIR/optuna.db].",
+        ),
         click.option(
             "--tracking-uri",
             metavar="URI",
@@ -186,12 +191,12 @@ def _run(name: str, spec: Any, *, as_json: bool, verbose: bool, workdir: str, **
 
 
 def _mlflow_line(runs: dict[str, str], study: str, workdir: str) -> str:
-    from tuner.tracking import experiment_url
+    from tuner.tracking import experiment_url, ui_url
 
     uri, experiment, parent = runs["tracking_uri"], runs["experiment_id"], runs["parent_run_id"]
     where = f"mlflow: experiment {study} (id {experiment}), parent run {parent} in {uri}"
     if uri.startswith(("http://", "https://")):
-        return f"{where}\n  open: {experiment_url(uri, experiment, parent)}"
+        return f"{where}\n  open: {experiment_url(ui_url(uri), experiment, parent)}"
     return f"{where}\n  open: tuner ui --workdir {os.path.abspath(workdir)}"
 
 
@@ -207,13 +212,13 @@ def ui(port: int, host: str, workdir: str, tracking_uri: str | None) -> None:
     """Start the MLflow UI on the store tuner launch writes to, and print where each study is."""
     from pathlib import Path
 
-    from tuner.tracking import experiment_url, resolve_tracking_uri, study_experiments
+    from tuner.tracking import experiment_url, resolve_tracking_uri, study_experiments, ui_url
 
     root = Path(workdir).resolve()
     uri = resolve_tracking_uri(tracking_uri, root)
     if uri.startswith(("http://", "https://")):
         for name, experiment in study_experiments(uri):
-            click.echo(f"{name}: {experiment_url(uri, experiment)}")
+            click.echo(f"{name}: {experiment_url(ui_url(uri), experiment)}")
         click.echo(f"{uri} is a tracking server already; its UI is there.")
         return
     base = f"http://{host}:{port}"
@@ -248,6 +253,18 @@ def ui(port: int, host: str, workdir: str, tracking_uri: str | None) -> None:
     sys.exit(code)
 
 
+def _jobs() -> Any:
+    """:mod:`tuner.jobs`, with Ray's client-side INFO lines (package uploads, log streams) kept off the terminal."""
+    import logging
+
+    import ray  # noqa: F401  (Ray sets up its loggers when imported; this process is tuner's own)
+
+    from tuner import jobs
+
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    return jobs
+
+
 #: Where ``submit``, ``logs`` and ``status`` find the cluster: its head's job server (the dashboard's port).
 _job_address = click.option(
     "--address", metavar="http://HOST:8265", help="The head's job server [default: RAY_API_SERVER_ADDRESS]."
@@ -264,9 +281,7 @@ def submit(spec: str, address: str | None, launch_options: tuple[str, ...]) -> N
 
     The spec (and a data file it names) travel with the job. The launch runs on the head, with the head's
     TUNER_WORKDIR and MLFLOW_TRACKING_URI unless LAUNCH_OPTIONS say otherwise (e.g. --trials 30)."""
-    from tuner import jobs
-
-    job_id = jobs.submit(load_spec(spec), address=address, options=list(launch_options))
+    job_id = _jobs().submit(load_spec(spec), address=address, options=list(launch_options))
     where = f" --address {address}" if address else ""
     click.echo(job_id)
     click.echo(f"follow it: tuner logs {job_id}{where} --follow   (status: tuner status {job_id}{where})", err=True)
@@ -279,9 +294,7 @@ def submit(spec: str, address: str | None, launch_options: tuple[str, ...]) -> N
 @_errors
 def logs(job_id: str, address: str | None, follow: bool) -> None:
     """Print the output of the submitted launch JOB_ID."""
-    from tuner import jobs
-
-    jobs.job_logs(job_id, address=address, follow=follow)
+    _jobs().job_logs(job_id, address=address, follow=follow)
 
 
 @main.command()
@@ -290,8 +303,7 @@ def logs(job_id: str, address: str | None, follow: bool) -> None:
 @_errors
 def status(job_id: str | None, address: str | None) -> None:
     """Print JOB_ID's status, or every submitted launch with its study and status."""
-    from tuner import jobs
-
+    jobs = _jobs()
     if job_id:
         click.echo(jobs.job_status(job_id, address=address))
         return

@@ -6,6 +6,7 @@ The spec (and a data file it names) travels in the job's runtime environment (``
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import sys
@@ -30,15 +31,20 @@ STUDY_KEY = "tuner.study"
 
 def client(address: str | None) -> JobSubmissionClient:
     """A job client for the head's dashboard (``http://HOST:8265``; default RAY_API_SERVER_ADDRESS or
-    RAY_ADDRESS, as Ray resolves it). Token authentication takes RAY_AUTH_TOKEN from the environment.
+    RAY_ADDRESS, as Ray resolves it).
+
+    With RAY_AUTH_TOKEN set, every request carries it. Ray's own client sends it only when RAY_AUTH_MODE=token
+    is set too, and refuses with "Missing authentication token" otherwise; a token given is a token meant.
 
     Raises:
         TunerError: no cluster answers there.
     """
     from ray.job_submission import JobSubmissionClient
 
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
-        return JobSubmissionClient(address)
+        return JobSubmissionClient(address, headers=headers)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = address or "RAY_API_SERVER_ADDRESS / RAY_ADDRESS"
         raise TunerError(f"cannot reach Ray's job server at {where}: {str(exc).splitlines()[0]}") from None

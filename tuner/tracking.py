@@ -40,6 +40,7 @@ __all__ = [
     "experiment_url",
     "resolve_tracking_uri",
     "study_experiments",
+    "ui_url",
 ]
 
 #: Result keys logged as MLflow metrics, per epoch.
@@ -63,6 +64,17 @@ def resolve_tracking_uri(uri: str | None, workdir: Path) -> str:
     """``uri``, else ``MLFLOW_TRACKING_URI``, else MLflow's own default placed in the work directory
     (``sqlite:///WORKDIR/mlflow.db``), so that ``mlflow ui`` started there shows the study."""
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workdir / 'mlflow.db'}"
+
+
+#: The address a person's browser opens MLflow at, when it is not the tracking URI: a cluster's processes
+#: reach the server by a name only the cluster resolves (``http://mlflow:5000``); docker/compose.yaml sets
+#: this to the address it publishes on the host.
+UI_URL_VARIABLE = "TUNER_MLFLOW_UI_URL"
+
+
+def ui_url(tracking_uri: str) -> str:
+    """Where a browser opens the tracking server at ``tracking_uri``: ``TUNER_MLFLOW_UI_URL`` if set."""
+    return os.environ.get(UI_URL_VARIABLE) or tracking_uri
 
 
 def experiment_url(base: str, experiment_id: str, run_id: str | None = None) -> str:
@@ -109,6 +121,7 @@ class _TrialRecord:
     where: tuple[str, str, str] | None = None
     logged: int = 0  # the last step logged (a trial resumed from a checkpoint logs only later ones)
     resumed_from: int | None = None
+    placed: tuple[Any, ...] | None = None  # where and resumed_from, as last tagged on the run
     done: bool = False  # its run had ended before this launch
 
 
@@ -227,10 +240,28 @@ class Tracker:
                 record.history.setdefault(key, []).append((epoch, float(value)))
 
     def _flush(self, record: _TrialRecord) -> None:
-        if record.pending:
-            self.client.log_batch(record.run_id, metrics=record.pending)
+        tags = self._placement(record)
+        if record.pending or tags:
+            self.client.log_batch(record.run_id, metrics=record.pending, tags=tags)
         record.pending = []
         record.flushed = time.monotonic()
+
+    @staticmethod
+    def _placement(record: _TrialRecord) -> list[RunTag]:
+        """Tags saying where the trial trains (its Ray node and worker process) and the epoch it resumed from,
+        when they changed since they were last logged: they ride with the metrics, so that a running trial
+        shows where it runs, and a trial moved by a node failure shows its new node, at no extra request."""
+        placed = (record.where, record.resumed_from)
+        if placed == record.placed:
+            return []
+        record.placed = placed
+        tags = []
+        if record.where:
+            names = ("ray.node_ip", "ray.pid", "ray.node_id")
+            tags += [RunTag(name, value) for name, value in zip(names, record.where, strict=True) if value]
+        if record.resumed_from is not None:
+            tags.append(RunTag("resumed_from_epoch", str(record.resumed_from)))
+        return tags
 
     def end_trial(self, trial_id: str, outcome: TrialOutcome) -> None:
         record = self.trials.get(trial_id)
@@ -239,11 +270,7 @@ class Tracker:
         tags = [RunTag("state", outcome.state), RunTag("epochs", str(outcome.epochs))]
         if outcome.diagnosis:
             tags.append(RunTag("diagnosis", outcome.diagnosis))
-        if record.where:  # where the trial trained last: the Ray node and worker process
-            names = ("ray.node_ip", "ray.pid", "ray.node_id")
-            tags += [RunTag(name, value) for name, value in zip(names, record.where, strict=True) if value]
-        if record.resumed_from is not None:
-            tags.append(RunTag("resumed_from_epoch", str(record.resumed_from)))
+        tags += self._placement(record)  # where the trial trained last, if not tagged yet
         if outcome.reason:
             key = "fail_reason" if outcome.state == "failed" else "stop_reason"
             tags.append(RunTag(key, outcome.reason[:5000]))
