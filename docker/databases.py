@@ -5,7 +5,8 @@ compose file runs this once per ``up``, before MLflow and the Ray head start. It
 variables (PGHOST, PGUSER, PGPASSWORD, PGDATABASE).
 
 Each database is created as UTF8 whatever the server's default: psycopg hands back bytes, not text, from a
-SQL_ASCII database (the default of a server initialised without a locale), which SQLAlchemy cannot read.
+SQL_ASCII database (the default of a server initialised without a locale, as the stand-in images for
+PostgreSQL built from Debian packages are), which SQLAlchemy cannot read.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ import time
 import psycopg
 from psycopg import sql
 
-#: The server reports healthy a moment before it takes connections from other containers.
+#: How long to keep trying to connect: a server that has just reported healthy may still be restarting
+#: after its first-start initialisation.
 WAIT_SECONDS = 60
 
 
 def main(names: list[str]) -> int:
+    """Create each database in ``names`` that does not exist; 0 on success, 1 (one line on stderr) if the
+    server cannot be reached."""
     deadline = time.monotonic() + WAIT_SECONDS
     while True:
         try:
@@ -28,8 +32,8 @@ def main(names: list[str]) -> int:
             break
         except psycopg.OperationalError as exc:
             if time.monotonic() > deadline:
-                reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-                print(f"databases.py: cannot connect to PostgreSQL: {reason}", file=sys.stderr)
+                lines = str(exc).strip().splitlines() or [type(exc).__name__]
+                print(f"databases.py: cannot connect to PostgreSQL: {lines[-1]}", file=sys.stderr)
                 return 1
             time.sleep(1)
     with connection:

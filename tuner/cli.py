@@ -253,18 +253,6 @@ def ui(port: int, host: str, workdir: str, tracking_uri: str | None) -> None:
     sys.exit(code)
 
 
-def _jobs() -> Any:
-    """:mod:`tuner.jobs`, with Ray's client-side INFO lines (package uploads, log streams) kept off the terminal."""
-    import logging
-
-    import ray  # noqa: F401  (Ray sets up its loggers when imported; this process is tuner's own)
-
-    from tuner import jobs
-
-    logging.getLogger("ray").setLevel(logging.WARNING)
-    return jobs
-
-
 #: Where ``submit``, ``logs`` and ``status`` find the cluster: its head's job server (the dashboard's port).
 _job_address = click.option(
     "--address", metavar="http://HOST:8265", help="The head's job server [default: RAY_API_SERVER_ADDRESS]."
@@ -281,7 +269,9 @@ def submit(spec: str, address: str | None, launch_options: tuple[str, ...]) -> N
 
     The spec (and a data file it names) travel with the job. The launch runs on the head, with the head's
     TUNER_WORKDIR and MLFLOW_TRACKING_URI unless LAUNCH_OPTIONS say otherwise (e.g. --trials 30)."""
-    job_id = _jobs().submit(load_spec(spec), address=address, options=list(launch_options))
+    from tuner import jobs
+
+    job_id = jobs.submit(load_spec(spec), address=address, options=list(launch_options))
     where = f" --address {address}" if address else ""
     click.echo(job_id)
     click.echo(f"follow it: tuner logs {job_id}{where} --follow   (status: tuner status {job_id}{where})", err=True)
@@ -294,7 +284,9 @@ def submit(spec: str, address: str | None, launch_options: tuple[str, ...]) -> N
 @_errors
 def logs(job_id: str, address: str | None, follow: bool) -> None:
     """Print the output of the submitted launch JOB_ID."""
-    _jobs().job_logs(job_id, address=address, follow=follow)
+    from tuner import jobs
+
+    jobs.job_logs(job_id, address=address, follow=follow)
 
 
 @main.command()
@@ -303,7 +295,8 @@ def logs(job_id: str, address: str | None, follow: bool) -> None:
 @_errors
 def status(job_id: str | None, address: str | None) -> None:
     """Print JOB_ID's status, or every submitted launch with its study and status."""
-    jobs = _jobs()
+    from tuner import jobs
+
     if job_id:
         click.echo(jobs.job_status(job_id, address=address))
         return

@@ -6,11 +6,14 @@ The spec (and a data file it names) travels in the job's runtime environment (``
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shlex
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +38,7 @@ def client(address: str | None) -> JobSubmissionClient:
 
     With RAY_AUTH_TOKEN set, every request carries it. Ray's own client sends it only when RAY_AUTH_MODE=token
     is set too, and refuses with "Missing authentication token" otherwise; a token given is a token meant.
+    (With RAY_AUTH_MODE=token, Ray's own lookup applies as well: RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token.)
 
     Raises:
         TunerError: no cluster answers there.
@@ -44,10 +48,31 @@ def client(address: str | None) -> JobSubmissionClient:
     token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
     headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
-        return JobSubmissionClient(address, headers=headers)
+        with _quiet_ray():
+            return JobSubmissionClient(address, headers=headers)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = address or "RAY_API_SERVER_ADDRESS / RAY_ADDRESS"
         raise TunerError(f"cannot reach Ray's job server at {where}: {str(exc).splitlines()[0]}") from None
+
+
+@contextlib.contextmanager
+def _quiet_ray() -> Iterator[None]:
+    """Ray's job client logs each package upload and log stream at INFO (its modules set their own loggers to
+    INFO), and tuner prints its own lines: while a call runs, the handler Ray's loggers write through lets only
+    warnings and errors by; then it is left as it was."""
+    import ray  # noqa: F401  (Ray sets up its logging handler when first imported)
+
+    def warnings_only(record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
+
+    handlers = list(logging.getLogger("ray").handlers)
+    for handler in handlers:
+        handler.addFilter(warnings_only)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(warnings_only)
 
 
 def submit(spec: Spec, *, address: str | None, options: list[str]) -> str:
@@ -67,14 +92,15 @@ def submit(spec: Spec, *, address: str | None, options: list[str]) -> str:
         (Path(directory) / "spec.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
         command = ["python", "-m", "tuner", "launch", "spec.yaml", "--json", *options]
         try:
-            return str(
-                jobs.submit_job(
-                    entrypoint=shlex.join(command),
-                    # The launch inside the job leaves the job's runtime environment alone (see runner).
-                    runtime_env={"working_dir": directory, "env_vars": dict(WORKER_ENV)},
-                    metadata={STUDY_KEY: spec.study.name},
+            with _quiet_ray():
+                return str(
+                    jobs.submit_job(
+                        entrypoint=shlex.join(command),
+                        # The launch inside the job leaves the job's runtime environment alone (see runner).
+                        runtime_env={"working_dir": directory, "env_vars": dict(WORKER_ENV)},
+                        metadata={STUDY_KEY: spec.study.name},
+                    )
                 )
-            )
         except RuntimeError as exc:
             raise TunerError(f"the cluster refused the job: {str(exc).splitlines()[0]}") from None
 
@@ -101,7 +127,8 @@ def job_logs(job_id: str, *, address: str | None, follow: bool = False) -> None:
                 sys.stdout.write(lines)
                 sys.stdout.flush()
 
-        asyncio.run(tail())
+        with _quiet_ray():
+            asyncio.run(tail())
     except RuntimeError as exc:
         raise TunerError(f"no job {job_id}: {str(exc).splitlines()[0]}") from None
 

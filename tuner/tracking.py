@@ -121,7 +121,7 @@ class _TrialRecord:
     where: tuple[str, str, str] | None = None
     logged: int = 0  # the last step logged (a trial resumed from a checkpoint logs only later ones)
     resumed_from: int | None = None
-    placed: tuple[Any, ...] | None = None  # where and resumed_from, as last tagged on the run
+    tagged: tuple[tuple[str, str, str] | None, int | None] = (None, None)  # where and resumed_from, as last logged
     done: bool = False  # its run had ended before this launch
 
 
@@ -240,28 +240,12 @@ class Tracker:
                 record.history.setdefault(key, []).append((epoch, float(value)))
 
     def _flush(self, record: _TrialRecord) -> None:
-        tags = self._placement(record)
+        tags = _placement_tags(record)
         if record.pending or tags:
             self.client.log_batch(record.run_id, metrics=record.pending, tags=tags)
+        record.tagged = (record.where, record.resumed_from)
         record.pending = []
         record.flushed = time.monotonic()
-
-    @staticmethod
-    def _placement(record: _TrialRecord) -> list[RunTag]:
-        """Tags saying where the trial trains (its Ray node and worker process) and the epoch it resumed from,
-        when they changed since they were last logged: they ride with the metrics, so that a running trial
-        shows where it runs, and a trial moved by a node failure shows its new node, at no extra request."""
-        placed = (record.where, record.resumed_from)
-        if placed == record.placed:
-            return []
-        record.placed = placed
-        tags = []
-        if record.where:
-            names = ("ray.node_ip", "ray.pid", "ray.node_id")
-            tags += [RunTag(name, value) for name, value in zip(names, record.where, strict=True) if value]
-        if record.resumed_from is not None:
-            tags.append(RunTag("resumed_from_epoch", str(record.resumed_from)))
-        return tags
 
     def end_trial(self, trial_id: str, outcome: TrialOutcome) -> None:
         record = self.trials.get(trial_id)
@@ -270,7 +254,7 @@ class Tracker:
         tags = [RunTag("state", outcome.state), RunTag("epochs", str(outcome.epochs))]
         if outcome.diagnosis:
             tags.append(RunTag("diagnosis", outcome.diagnosis))
-        tags += self._placement(record)  # where the trial trained last, if not tagged yet
+        tags += _placement_tags(record)  # where the trial trained last, if not tagged yet
         if outcome.reason:
             key = "fail_reason" if outcome.state == "failed" else "stop_reason"
             tags.append(RunTag(key, outcome.reason[:5000]))
@@ -439,6 +423,21 @@ class TrackingCallback(tune.Callback):
         outcome = self._search.outcomes.get(trial.trial_id)
         if outcome is not None:
             self._tracker.end_trial(trial.trial_id, outcome)
+
+
+def _placement_tags(record: _TrialRecord) -> list[RunTag]:
+    """Tags saying where a trial trains (its Ray node and worker process) and the epoch it resumed from, if
+    they changed since last logged. They ride with the metrics, so that a running trial's run shows where it
+    runs, and a trial moved by a node failure its new node, at no extra request."""
+    if (record.where, record.resumed_from) == record.tagged:
+        return []
+    tags = []
+    if record.where:
+        names = ("ray.node_ip", "ray.pid", "ray.node_id")
+        tags += [RunTag(name, value) for name, value in zip(names, record.where, strict=True) if value]
+    if record.resumed_from is not None:
+        tags.append(RunTag("resumed_from_epoch", str(record.resumed_from)))
+    return tags
 
 
 def _first_line(exc: BaseException) -> str:
