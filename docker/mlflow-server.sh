@@ -23,13 +23,15 @@ if [ "${#MLFLOW_ADMIN_PASSWORD}" -lt 12 ]; then
   exit 2
 fi
 
-config=$(mktemp --suffix=.ini)  # readable by its owner only
+# The admin account reaches MLflow through its own variables, which take precedence over the file: the file
+# holds no secret, and a password may hold any character (the file is read with configparser, where % is special).
+export MLFLOW_AUTH_ADMIN_USERNAME=$MLFLOW_ADMIN_USERNAME MLFLOW_AUTH_ADMIN_PASSWORD=$MLFLOW_ADMIN_PASSWORD
+database_uri=${MLFLOW_AUTH_DATABASE_URI:-$MLFLOW_BACKEND_STORE_URI}
+config=$(mktemp --suffix=.ini)
 cat > "$config" <<INI
 [mlflow]
 default_permission = READ
-database_uri = ${MLFLOW_AUTH_DATABASE_URI:-$MLFLOW_BACKEND_STORE_URI}
-admin_username = ${MLFLOW_ADMIN_USERNAME}
-admin_password = ${MLFLOW_ADMIN_PASSWORD}
+database_uri = ${database_uri//%/%%}
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 auth_cache_ttl_seconds = ${MLFLOW_AUTH_CACHE_TTL_SECONDS:-60}
 INI

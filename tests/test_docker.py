@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .conftest import ROOT
+from .conftest import ROOT, write
 
 DOCKER = ROOT / "docker"
 COMPOSE = DOCKER / "compose.yaml"
@@ -99,4 +99,41 @@ def test_mlflow_server_script_refuses_a_short_admin_password() -> None:
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "mlflow-server.sh: MLFLOW_ADMIN_PASSWORD must have at least 12 characters (MLflow's rule), got 5"
+    ]
+
+
+def test_mlflow_server_script_hands_mlflow_its_auth_settings(tmp_path: Path) -> None:
+    """What the script hands ``mlflow server``, as MLflow's own reader takes it: the admin account (a password
+    with the characters configparser treats specially), a database without a password, the login cache."""
+    stub = write(
+        tmp_path / "bin" / "mlflow",
+        '#!/bin/sh\ncp "$MLFLOW_AUTH_CONFIG_PATH" "$OUT/auth.ini"\necho "$@" > "$OUT/args"\nenv > "$OUT/env"\n',
+    )
+    stub.chmod(0o755)
+    settings = {**MLFLOW_SETTINGS, "MLFLOW_ADMIN_PASSWORD": "100%-secret-$x", "OUT": str(tmp_path)}
+    settings["MLFLOW_BACKEND_STORE_URI"] = "postgresql+psycopg://tuner@postgres:5432/mlflow?application_name=a%20b"
+    env = {**os.environ, **settings, "PATH": f"{stub.parent}:{os.environ['PATH']}"}
+    done = subprocess.run(["bash", str(DOCKER / "mlflow-server.sh")], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "--app-name basic-auth" in (tmp_path / "args").read_text()
+    ini = (tmp_path / "auth.ini").read_text()
+    assert settings["MLFLOW_ADMIN_PASSWORD"] not in ini  # no secret in the file
+    handed = dict(line.split("=", 1) for line in (tmp_path / "env").read_text().splitlines() if "=" in line)
+    code = (
+        "from mlflow.server.auth.config import read_auth_config as r; c = r(); "
+        "print(c.admin_username, c.admin_password, c.database_uri, c.auth_cache_ttl_seconds, sep='\\n')"
+    )
+    keys = ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD")
+    read = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "auth.ini"), **{k: handed[k] for k in keys}},
+        capture_output=True,
+        text=True,
+    )
+    assert read.returncode == 0, read.stderr
+    assert read.stdout.splitlines() == [
+        "admin",
+        settings["MLFLOW_ADMIN_PASSWORD"],
+        settings["MLFLOW_BACKEND_STORE_URI"],
+        "60",
     ]

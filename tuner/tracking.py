@@ -259,6 +259,7 @@ class Tracker:
             key = "fail_reason" if outcome.state == "failed" else "stop_reason"
             tags.append(RunTag(key, outcome.reason[:5000]))
         self.client.log_batch(record.run_id, metrics=record.pending, tags=tags)
+        record.tagged = (record.where, record.resumed_from)
         record.pending = []
         self.client.set_terminated(record.run_id, STATUS[outcome.state])
         self._ended.add(trial_id)
