@@ -265,8 +265,9 @@ def test_the_ray_client_port_takes_only_clients_with_the_token(stack: Stack) -> 
     # wants the same Ray version here as in the image; a mismatch is reported only past authentication.
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=stack.settings["RAY_AUTH_TOKEN"])
     taken = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
+    logs = stack.in_head("sh", "-c", "tail -n 40 /tmp/ray/session_latest/logs/ray_client_server*.err").stdout
     if "Version mismatch" not in taken.stderr:
-        assert taken.returncode == 0 and int(taken.stdout.split()[-1]) >= 5, taken.stderr[-2000:]  # 1 + 2 x 2
+        assert taken.returncode == 0 and int(taken.stdout.split()[-1]) >= 5, taken.stderr[-2000:] + logs  # 1 + 2 x 2
 
 
 @pytest.mark.timeout(1800)
