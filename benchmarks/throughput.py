@@ -187,17 +187,17 @@ def run_tuner(trials: int, epochs: int, workdir: str, dataset: str = "digits") -
 
 def epoch_seconds(dataset: str) -> dict[str, Any]:
     """tuner's own training time for one epoch (train and validate), warm, in this process."""
-    from tuner import model
+    from tuner import engine
     from tuner.data import load_dataset
     from tuner.spec import parse_spec
 
     data = load_dataset(parse_spec({"data": {"dataset": dataset}, "optimizers": {"sgd": {}}}).data, seed=0)
     config = {"optimizer": "adam", "adam": {}, "layers": 1, "units": 128, "activation": "relu", "dropout": 0.0}
     config.update(batch_size=64, epochs=1, seed=0)
-    model.train(data, config, lambda m, e: None)  # trace once
+    engine.train(data, config, lambda m, e: None)  # trace once
     started = time.perf_counter()
     for seed in range(20):
-        model.train(data, {**config, "seed": seed}, lambda m, e: None)
+        engine.train(data, {**config, "seed": seed}, lambda m, e: None)
     return {"epoch_seconds": (time.perf_counter() - started) / 20}
 
 
@@ -205,7 +205,7 @@ def rss_growth(trials: int = 100) -> dict[str, Any]:
     """A worker's memory after its 5th trial and after its last (tuner's trainer, one process)."""
     import psutil
 
-    from tuner import model
+    from tuner import engine
     from tuner.data import load_dataset
     from tuner.spec import parse_spec
 
@@ -216,7 +216,7 @@ def rss_growth(trials: int = 100) -> dict[str, Any]:
         name = OPTIMIZERS[i % 3]
         config = {"optimizer": name, name: {"learning_rate": 0.01}, "layers": 1, "units": 128, "activation": "relu"}
         config.update(dropout=0.0, batch_size=64, epochs=2, seed=i)
-        model.train(data, config, lambda m, e: None)
+        engine.train(data, config, lambda m, e: None)
         if i in (5, trials):
             after[i] = me.memory_info().rss
     return {"rss_after_5_mb": after[5] / 2**20, f"rss_after_{trials}_mb": after[trials] / 2**20,

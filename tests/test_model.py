@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tuner import model
+from tuner import engine, model
 from tuner.data import Dataset, load_dataset
 from tuner.spec import parse_spec
 
@@ -27,7 +27,7 @@ def config(**changes: Any) -> dict[str, Any]:
 
 def train(data: Dataset, cfg: dict[str, Any]) -> list[dict[str, Any]]:
     reports: list[dict[str, Any]] = []
-    model.train(data, cfg, lambda metrics, net: reports.append(metrics))
+    engine.train(data, cfg, lambda metrics, net: reports.append(metrics))
     return reports
 
 
@@ -120,22 +120,22 @@ def test_the_engine_trains_exactly_as_keras_fit(name: str, params: dict[str, Any
     """Same initial weights, same batch order: tuner's compiled engine and Keras' own optimizer under
     model.fit agree on the loss of every epoch and on the weights after three."""
     data = load_dataset(parse_spec({"data": {"dataset": "digits"}, "optimizers": {"adam": {}}}).data, seed=0)
-    shape = model.Shape(64, 10, layers=2, units=32, activation="relu", dropout=0.0)
-    engine = model.Engine(shape)
-    engine.reset(name, params, seed=3)
+    shape = engine.Shape(64, 10, layers=2, units=32, activation="relu", dropout=0.0)
+    compiled = engine.Engine(shape)
+    compiled.reset(name, params, seed=3)
     net = model.build_model(64, 10, layers=2, units=32, activation="relu", dropout=0.0)
-    net.set_weights([w.numpy() for w in engine.net.weights])
+    net.set_weights([w.numpy() for w in compiled.net.weights])
     net.compile(optimizer=model.build_optimizer(name, params), loss="sparse_categorical_crossentropy")
     rng = np.random.default_rng(0)
     orders = [rng.permutation(len(data.x_train)) for _ in range(3)]
     x, y = model.tf.constant(data.x_train), model.tf.constant(data.y_train)
-    ours = [engine.train_epoch(x, y, order, 64)[0] for order in orders]
+    ours = [compiled.train_epoch(x, y, order, 64)[0] for order in orders]
     theirs = [
         net.fit(data.x_train[o], data.y_train[o], batch_size=64, epochs=1, shuffle=False, verbose=0).history["loss"][0]
         for o in orders
     ]
     assert ours == pytest.approx(theirs, rel=1e-4)
-    for mine, keras_weight in zip(engine.net.get_weights(), net.get_weights(), strict=True):
+    for mine, keras_weight in zip(compiled.net.get_weights(), net.get_weights(), strict=True):
         np.testing.assert_allclose(mine, keras_weight, rtol=1e-5, atol=1e-7)
 
 
@@ -150,9 +150,9 @@ def test_trials_of_one_architecture_share_one_trace(iris: Dataset) -> None:
         config(layers=1, units=12, optimizer="rmsprop", rmsprop={"rho": 0.8}, batch_size=7),
         config(layers=1, units=12, adam={"amsgrad": True, "decay": 0.01}, seed=11),
     ):
-        model.train(iris, cfg, lambda metrics, engine: reports.append(metrics))
-    engine = model.engine_for(model.Shape.of(iris, base))
-    assert engine._train.experimental_get_tracing_count() == 1
+        engine.train(iris, cfg, lambda metrics, snapshot: reports.append(metrics))
+    compiled = engine.engine_for(engine.Shape.of(iris, base))
+    assert compiled._train.experimental_get_tracing_count() == 1
     assert len(reports) == 4 * 3
 
 
@@ -167,10 +167,10 @@ def test_a_resumed_trial_continues_exactly_where_its_checkpoint_left(iris: Datas
             raise KeyboardInterrupt  # the worker dies after its third epoch's checkpoint
 
     with pytest.raises(KeyboardInterrupt):
-        model.train(iris, cfg, stop_after_three)
-    model.train(iris, config(seed=99), lambda m, s: None)  # the engine serves another trial meanwhile
+        engine.train(iris, cfg, stop_after_three)
+    engine.train(iris, config(seed=99), lambda m, s: None)  # the engine serves another trial meanwhile
     resumed: list[dict[str, Any]] = []
-    model.train(iris, cfg, lambda metrics, snapshot: resumed.append(metrics), resume=tmp_path)
+    engine.train(iris, cfg, lambda metrics, snapshot: resumed.append(metrics), resume=tmp_path)
     assert [r["epoch"] for r in resumed] == [4, 5, 6] and resumed[0]["resumed_from_epoch"] == 3
     for before, after in zip(straight[3:], resumed, strict=True):
         assert after["loss"] == before["loss"] and after["val_loss"] == before["val_loss"]

@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from tuner import run_study
+from tuner.runner import QUIET_LOGGERS, RunOptions
 from tuner.spec import OPTIMIZERS, load_spec, parse_spec
 from tuner.trainable import train_trial
 
@@ -81,6 +82,33 @@ def test_diverging_trials_are_pruned_and_nan_never_reaches_optuna(tmp_path: Path
         assert t.user_attrs["epochs"] <= 2
         assert all(math.isfinite(v) for v in t.intermediate_values.values())
     assert result.best is None and result.counts()["pruned"] == 4
+
+
+def test_a_study_leaves_the_callers_process_as_it_found_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+    import os
+    import warnings
+
+    spec = parse_spec({"study": {"name": "tidy", "trials": 1}, "training": {"epochs": 1}, "optimizers": {"sgd": {}}})
+    monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "1")  # the caller's own value, which a quiet launch changes
+    saved = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    optuna.logging.set_verbosity(optuna.logging.DEBUG)
+    try:
+        environ, filters = dict(os.environ), list(warnings.filters)
+        result = run_study(spec, RunOptions(workdir=tmp_path, verbose=False))
+        assert result.counts()["complete"] == 1
+        assert dict(os.environ) == environ
+        assert list(warnings.filters) == filters
+        assert {name: logging.getLogger(name).level for name in QUIET_LOGGERS} == dict.fromkeys(
+            QUIET_LOGGERS, logging.DEBUG
+        )
+        assert optuna.logging.get_verbosity() == optuna.logging.DEBUG
+    finally:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def test_regression_study_on_diabetes(tmp_path: Path) -> None:

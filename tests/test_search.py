@@ -103,18 +103,19 @@ def test_states_told_to_optuna_are_the_truth(tmp_path: Path) -> None:
     s = search(spec_for("random"), tmp_path / "s.db")
     for i in range(5):
         s.suggest(f"t{i}")
-    # t0 trains all 4 epochs
+    # t0 trains all 4 epochs (the trainer reports the training loss beside the metric, as tuner's does)
     for epoch in (1, 2, 3, 4):
-        s.on_trial_result("t0", {"val_loss": 1.0 / epoch, "epoch": epoch})
-    s.on_trial_complete("t0", {"val_loss": 0.25, "epoch": 4})
+        s.on_trial_result("t0", {"loss": 1.1 / epoch, "val_loss": 1.0 / epoch, "epoch": epoch})
+    s.on_trial_complete("t0", {"loss": 1.1 / 4, "val_loss": 0.25, "epoch": 4})
     # t1 is stopped after 2 epochs (e.g. by a scheduler): a partial budget is not a result
-    s.on_trial_result("t1", {"val_loss": 0.9, "epoch": 1})
-    s.on_trial_result("t1", {"val_loss": 0.8, "epoch": 2})
-    s.on_trial_complete("t1", {"val_loss": 0.8, "epoch": 2})
+    s.on_trial_result("t1", {"loss": 0.95, "val_loss": 0.9, "epoch": 1})
+    s.on_trial_result("t1", {"loss": 0.85, "val_loss": 0.8, "epoch": 2})
+    s.on_trial_complete("t1", {"loss": 0.85, "val_loss": 0.8, "epoch": 2})
     # t2 diverges in epoch 2: the NaN is never reported
-    s.on_trial_result("t2", {"val_loss": 2.0, "epoch": 1})
-    s.on_trial_result("t2", {"val_loss": float("nan"), "epoch": 2})
-    s.on_trial_complete("t2", {"val_loss": None, "epoch": 2, "stop_reason": "diverged: loss=nan at epoch 2"})
+    s.on_trial_result("t2", {"loss": 2.1, "val_loss": 2.0, "epoch": 1})
+    s.on_trial_result("t2", {"loss": None, "val_loss": float("nan"), "epoch": 2})
+    done = {"loss": None, "val_loss": None, "epoch": 2, "stop_reason": "diverged: loss=nan at epoch 2"}
+    s.on_trial_complete("t2", done)
     # t3 raises; the callback brings the reason
     s.on_trial_complete("t3", error=True)
     s.tell_failure("t3", "RuntimeError: boom", 1)
@@ -137,6 +138,10 @@ def test_states_told_to_optuna_are_the_truth(tmp_path: Path) -> None:
     assert {o.state for o in s.outcomes.values()} == {"complete", "pruned", "failed"}
     # Curves are diagnosed when they end; a trial that never reported an epoch has no curve.
     assert trials["t2"].user_attrs["diagnosis"] == "diverged" and "diagnosis" not in trials["t4"].user_attrs
+    assert trials["t0"].user_attrs["diagnosis"] == "good"
+    # Each curve is kept once, by Optuna number, NaN included for the diagnosis.
+    assert s.curves.values(trials["t0"].number, "val_loss") == [1.0, 0.5, 1 / 3, 0.25]
+    assert s.curves.history(trials["t2"].number) == {"loss": [(1, 2.1)], "val_loss": [(1, 2.0)]}
     assert s.outcomes["t0"].params["optimizer"] in OPTIMIZERS
 
 

@@ -36,7 +36,12 @@ def test_a_trial_draws_only_its_optimizers_hyperparameters(optimizer: str, searc
     trial = trial_for(study, optimizer)
     returned = SearchSpace(spec)(trial)
     assert set(trial.params) == {"optimizer", "units", *searched}
-    assert {k: v for k, v in returned.items() if "/" in k} == fixed
+    assert returned["optimizer"] == optimizer and optimizer in returned
+    drawn = {f"{optimizer}/{k}": v for k, v in returned[optimizer].items()}
+    assert {k: v for k, v in drawn.items() if k not in trial.params} == fixed
+    assert {k: v for k, v in drawn.items() if k in trial.params} == {k: trial.params[k] for k in searched}
+    assert returned["units"] == trial.params["units"]
+    assert SearchSpace(spec)(trial) == returned  # run again on the same trial: the same configuration
     assert returned["layers"] == 2 and returned["batch_size"] == 16 and returned["epochs"] == 3
     assert returned["seed"] == trial.user_attrs["seed"] == trial_seed(0, trial.number)
     assert returned["trial_number"] == trial.number

@@ -9,16 +9,16 @@ Example:
     >>> result.best.params  # doctest: +SKIP
 """
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
+# Every public name here is exported (tests/test_exports.py checks it): helpers are imported as private names.
+import importlib as _importlib
+import typing as _typing
 
 from tuner.errors import SpecError, TunerError, UsageError
+from tuner.results import StudyResult, TrialOutcome
 from tuner.spec import Spec, load_spec
 
-if TYPE_CHECKING:
-    from tuner.runner import StudyResult, run_study
-    from tuner.search import TrialOutcome
+if _typing.TYPE_CHECKING:
+    from tuner.runner import run_study
 
 __version__ = "0.1.0"
 
@@ -34,12 +34,15 @@ __all__ = [
     "run_study",
 ]
 
-_LAZY = {"run_study": "tuner.runner", "StudyResult": "tuner.runner", "TrialOutcome": "tuner.search"}
+#: Names that load their module on first use: it imports Ray and Optuna.
+_LAZY = {"run_study": "tuner.runner"}
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        return getattr(_importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'tuner' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

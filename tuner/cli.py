@@ -5,8 +5,6 @@ Exit codes: 0 success; 2 bad input (a spec or an option); 1 anything else; 130 i
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import os
 import sys
@@ -22,35 +20,47 @@ from tuner.spec import load_spec
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: Set in ``click.Context.meta`` (shared by a command and its group) by ``--verbose``.
+VERBOSE = "tuner.verbose"
 
-def _errors(command: F) -> F:
-    """Turn a TunerError into one line on stderr and its exit code; anything else into exit 1."""
 
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        verbose = bool(kwargs.get("verbose"))
+class _Group(click.Group):
+    """The command group, which turns every error a command raises into one line on stderr and an exit code:
+    a TunerError's own (2 for bad input), 130 for Ctrl-C, 1 for anything else. ``--verbose`` adds the trace."""
+
+    def invoke(self, ctx: click.Context) -> Any:
         try:
-            return command(*args, **kwargs)
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise  # click's own: usage errors and --help already say what they mean
         except TunerError as exc:
-            if verbose:
-                traceback.print_exc()
+            self._trace(ctx)
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
         except Exception as exc:  # the CLI's last line of defence
-            if verbose:
-                traceback.print_exc()
+            verbose = self._trace(ctx)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             hint = "" if verbose else " (run with --verbose for the full trace)"
             click.echo(f"error: {type(exc).__name__}: {first}{hint}", err=True)
             sys.exit(1)
 
-    return wrapper  # type: ignore[return-value]
+    @staticmethod
+    def _trace(ctx: click.Context) -> bool:
+        verbose = bool(ctx.meta.get(VERBOSE))
+        if verbose:
+            traceback.print_exc()
+        return verbose
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _remember_verbose(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    ctx.meta[VERBOSE] = value
+    return value
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="tuner")
 def main() -> None:
     """Hyperparameter search for Keras models: Optuna proposes, Ray Tune trains, MLflow records."""
@@ -58,7 +68,6 @@ def main() -> None:
 
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
-@_errors
 def validate(spec: str) -> None:
     """Check SPEC and describe its search space in one line (exit 2 with the error if it is invalid)."""
     click.echo(f"{spec}: ok: {load_spec(spec).describe()}")
@@ -95,7 +104,13 @@ def _run_options(command: F) -> F:
             help="Where the run writes everything (env: TUNER_WORKDIR).",
         ),
         click.option("--json", "as_json", is_flag=True, help="End stdout with one JSON object describing the result."),
-        click.option("--verbose", "-v", is_flag=True, help="Show Ray's and TensorFlow's output and full tracebacks."),
+        click.option(
+            "--verbose",
+            "-v",
+            is_flag=True,
+            callback=_remember_verbose,
+            help="Show Ray's and TensorFlow's output and full tracebacks.",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -111,7 +126,6 @@ def _run_options(command: F) -> F:
 @click.option("--name", help="Study name (overrides study.name).")
 @click.option("--resume", is_flag=True, help="Finish the study's interrupted last launch instead (see tuner resume).")
 @_run_options
-@_errors
 def launch(
     spec: str,
     trials: int | None,
@@ -139,7 +153,6 @@ def launch(
 @main.command()
 @click.argument("name")
 @_run_options
-@_errors
 def resume(name: str, **run: Any) -> None:
     """Finish study NAME's last launch after it was interrupted (Ctrl-C, a crash, kill -9).
 
@@ -207,12 +220,11 @@ def _mlflow_line(runs: dict[str, str], study: str, workdir: str) -> str:
 )
 @click.option("--workdir", type=click.Path(file_okay=False), default=".", show_default=True, help="Where launch wrote.")
 @click.option("--tracking-uri", metavar="URI", help="The MLflow store [default: as tuner launch uses].")
-@_errors
 def ui(port: int, host: str, workdir: str, tracking_uri: str | None) -> None:
     """Start the MLflow UI on the store tuner launch writes to, and print where each study is."""
     from pathlib import Path
 
-    from tuner.tracking import experiment_url, resolve_tracking_uri, study_experiments, ui_url
+    from tuner.tracking import experiment_url, resolve_tracking_uri, serve_ui, study_experiments, ui_url
 
     root = Path(workdir).resolve()
     uri = resolve_tracking_uri(tracking_uri, root)
@@ -225,32 +237,7 @@ def ui(port: int, host: str, workdir: str, tracking_uri: str | None) -> None:
     for name, experiment in study_experiments(uri):
         click.echo(f"{name}: {experiment_url(base, experiment)}")
     click.echo(f"MLflow UI on {base} for {uri} (Ctrl-C to stop)")
-    command = [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", uri,
-        "--artifacts-destination", str(root / "mlartifacts"),
-        "--host", host, "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
-    import signal
-    import subprocess
-
-    # The server runs in its own process group (MLflow starts uvicorn under it); stopping tuner ui, by
-    # Ctrl-C or SIGTERM, stops the whole group.
-    # MLflow's background job runner serves GenAI features a study does not use; it costs a process each.
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    server = subprocess.Popen(command, start_new_session=True, env=env)
-
-    def stop(*_: Any) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        code = server.wait()
-    except KeyboardInterrupt:
-        stop()
-        code = server.wait()
-    sys.exit(code)
+    sys.exit(serve_ui(uri, root / "mlartifacts", host=host, port=port))
 
 
 #: Where ``submit``, ``logs`` and ``status`` find the cluster: its head's job server (the dashboard's port).
@@ -263,7 +250,6 @@ _job_address = click.option(
 @click.argument("spec", type=click.Path(dir_okay=False))
 @_job_address
 @click.argument("launch_options", nargs=-1, type=click.UNPROCESSED)
-@_errors
 def submit(spec: str, address: str | None, launch_options: tuple[str, ...]) -> None:
     """Send `tuner launch SPEC [LAUNCH_OPTIONS]...` to a Ray cluster's head as a Ray job; print its id.
 
@@ -281,7 +267,6 @@ def submit(spec: str, address: str | None, launch_options: tuple[str, ...]) -> N
 @click.argument("job_id")
 @_job_address
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until the job ends.")
-@_errors
 def logs(job_id: str, address: str | None, follow: bool) -> None:
     """Print the output of the submitted launch JOB_ID."""
     from tuner import jobs
@@ -292,7 +277,6 @@ def logs(job_id: str, address: str | None, follow: bool) -> None:
 @main.command()
 @click.argument("job_id", required=False)
 @_job_address
-@_errors
 def status(job_id: str | None, address: str | None) -> None:
     """Print JOB_ID's status, or every submitted launch with its study and status."""
     from tuner import jobs

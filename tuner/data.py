@@ -9,19 +9,36 @@ import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from tuner.errors import SpecError
 
-if TYPE_CHECKING:
-    from tuner.spec import Data
-
-__all__ = ["DataFileError", "Dataset", "csv_columns", "load_dataset", "resolve_task"]
+__all__ = ["Data", "DataFileError", "Dataset", "csv_columns", "load_dataset", "resolve_task"]
 
 #: An integer target with at most this many distinct values is read as class labels.
 MAX_INFERRED_CLASSES = 20
+
+
+@dataclass(frozen=True)
+class Data:
+    """Where a spec's examples come from: its ``data`` section, validated. ``path`` is absolute for ``csv:``
+    and ``npz:`` datasets."""
+
+    dataset: str
+    task: str
+    validation_split: float = 0.2
+    path: str | None = None
+    target: str | None = None
+    n_samples: int = 1000
+    n_features: int = 20
+    n_classes: int = 2
+    seed: int | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset}:{self.path}" if self.path else self.dataset
 
 
 @dataclass(frozen=True)

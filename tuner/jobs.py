@@ -9,10 +9,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import shlex
 import shutil
+import string
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +33,9 @@ __all__ = ["job_logs", "job_status", "list_jobs", "submit"]
 
 #: Job metadata key naming the study a job runs.
 STUDY_KEY = "tuner.study"
+#: How long ``submit`` keeps trying while the head's job agent is not ready ("No available agent to submit
+#: job, please try again later": a head just started, or too busy to answer within Ray's 10 seconds).
+SUBMIT_PATIENCE = 60.0
 
 
 def client(address: str | None) -> JobSubmissionClient:
@@ -91,18 +97,29 @@ def submit(spec: Spec, *, address: str | None, options: list[str]) -> str:
             doc["data"]["dataset"] = f"{spec.data.dataset}:{source.name}"
         (Path(directory) / "spec.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
         command = ["python", "-m", "tuner", "launch", "spec.yaml", "--json", *options]
-        try:
-            with _quiet_ray():
-                return str(
-                    jobs.submit_job(
-                        entrypoint=shlex.join(command),
-                        # The launch inside the job leaves the job's runtime environment alone (see runner).
-                        runtime_env={"working_dir": directory, "env_vars": dict(WORKER_ENV)},
-                        metadata={STUDY_KEY: spec.study.name},
+        # The id is chosen here, so that a retry cannot submit the study twice: a second submission of the
+        # same id is refused, which says the first one went through.
+        submission_id = "raysubmit_" + "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(16))
+        deadline = time.monotonic() + SUBMIT_PATIENCE
+        while True:
+            try:
+                with _quiet_ray():
+                    return str(
+                        jobs.submit_job(
+                            entrypoint=shlex.join(command),
+                            # The launch inside the job leaves the job's runtime environment alone (see runner).
+                            runtime_env={"working_dir": directory, "env_vars": dict(WORKER_ENV)},
+                            metadata={STUDY_KEY: spec.study.name},
+                            submission_id=submission_id,
+                        )
                     )
-                )
-        except RuntimeError as exc:
-            raise TunerError(f"the cluster refused the job: {str(exc).splitlines()[0]}") from None
+            except RuntimeError as exc:
+                text = str(exc)
+                if "already exists" in text and submission_id in text:
+                    return submission_id
+                if "try again later" not in text or time.monotonic() > deadline:
+                    raise TunerError(f"the cluster refused the job: {text.splitlines()[0]}") from None
+                time.sleep(2.0)
 
 
 def job_status(job_id: str, *, address: str | None) -> str:

@@ -1,22 +1,25 @@
-"""What a person reads: a line per finished trial, the table of the best trials, and the study's plots."""
+"""What a person reads: a line per finished trial, the table of the best trials, and the study's files (its
+plots, ``trials.csv`` and ``best_params.yaml``), which :mod:`tuner.tracking` then logs to MLflow."""
 
 from __future__ import annotations
 
+import csv
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from tuner.results import CURVE_METRICS, Curve, Launch, StudyResult, TrialOutcome
 
 if TYPE_CHECKING:
     import optuna
     from rich.table import Table
 
-    from tuner.runner import Launch, StudyResult
-    from tuner.search import TrialOutcome
+    from tuner.spec import Spec
 
 __all__ = [
-    "Curve",
     "best_table",
     "fmt",
     "launch_line",
@@ -25,6 +28,9 @@ __all__ = [
     "plot_study",
     "summary_line",
     "trial_line",
+    "write_best_params",
+    "write_study_files",
+    "write_trials_csv",
 ]
 
 #: Optuna's parameter importances need a few complete trials to mean anything.
@@ -106,16 +112,6 @@ def summary_line(result: StudyResult) -> str:
     return text
 
 
-@dataclass(frozen=True)
-class Curve:
-    """One trial's per-epoch metrics, ``{"val_loss": [(epoch, value), ...], ...}``, and how it ended."""
-
-    optimizer: str
-    state: str
-    history: Mapping[str, list[tuple[int, float]]]
-    diagnosis: str | None = None
-
-
 def plot_loss_curves(curves: Mapping[int, Curve], path: Path, *, metric: str = "val_loss") -> None:
     """Every trial's validation and training loss against epoch, coloured by its diagnosis (marked by
     optimizer): the picture from which a person judges learning rates (smooth descent, oscillation,
@@ -194,3 +190,56 @@ def plot_study(study: optuna.Study, out: Path) -> list[Path]:
             plt.close("all")
             written.append(out / "param_importances.png")
     return written
+
+
+def write_study_files(
+    out: Path, result: StudyResult, curves: Mapping[int, Curve], study: optuna.Study, spec: Spec
+) -> list[Path]:
+    """Write what a study leaves for a person into ``out``: ``loss_curves.png``, Optuna's charts,
+    ``trials.csv`` and, if a trial completed, ``best_params.yaml``. Returns the files written."""
+    written = [out / "loss_curves.png"]
+    plot_loss_curves(curves, written[0], metric=result.metric)
+    written += plot_study(study, out)
+    written.append(write_trials_csv(out / "trials.csv", result, curves))
+    if result.best is not None:
+        written.append(write_best_params(out / "best_params.yaml", result, spec))
+    return written
+
+
+def write_trials_csv(path: Path, result: StudyResult, curves: Mapping[int, Curve]) -> Path:
+    """A row per trial: how it ended, what it drew, and each metric's final and best value."""
+    names: list[str] = []
+    for outcome in result.trials:
+        names += [k for k in outcome.params if k not in names]
+    metric_keys = [k for k in CURVE_METRICS if any(k in c.history for c in curves.values())]
+    header = ["number", "state", "diagnosis", "reason", "epochs", "seed", *names]
+    header += [f"final_{k}" for k in metric_keys] + [f"best_{k}" for k in metric_keys if k != "lr"]
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for o in sorted(result.trials, key=lambda t: t.number):
+            history = curves[o.number].history if o.number in curves else {}
+            row = [o.number, o.state, o.diagnosis or "", o.reason or "", o.epochs, o.seed]
+            row += [o.params.get(n, "") for n in names]
+            row += [history[k][-1][1] if history.get(k) else "" for k in metric_keys]
+            row += [_best(history.get(k), k) for k in metric_keys if k != "lr"]
+            writer.writerow(row)
+    return path
+
+
+def write_best_params(path: Path, result: StudyResult, spec: Spec) -> Path:
+    """The best trial's configuration as a spec of its own, every value fixed, to re-run it."""
+    assert result.best is not None
+    doc = spec.fixed_at(result.best.params).to_doc()
+    path.write_text(
+        f"# The best trial (#{result.best.number}) of study {result.study}, every value fixed.\n"
+        f"# Re-run it with: tuner launch best_params.yaml --trials 1\n" + yaml.safe_dump(doc, sort_keys=False)
+    )
+    return path
+
+
+def _best(points: list[tuple[int, float]] | None, key: str) -> Any:
+    if not points:
+        return ""
+    values = [v for _, v in points]
+    return max(values) if "accuracy" in key else min(values)

@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import tempfile
 import threading
 import time
 import warnings
@@ -22,118 +23,35 @@ import optuna
 import ray
 from ray import tune
 
-from tuner import tracking
+from tuner import report, tracking
 from tuner.data import Dataset, load_dataset
 from tuner.errors import TunerError, UsageError
 from tuner.pruning import make_scheduler
+from tuner.results import Curves, Launch, StudyResult, TrialOutcome
 from tuner.search import (
     Adopted,
     FailureReasons,
     StudySearch,
-    TrialOutcome,
     check_compatible,
     check_storage_url,
     make_sampler,
     open_storage,
+    outcome_of,
 )
 from tuner.spec import Spec, parse_spec
 from tuner.trainable import STOP_REASON, WORKER_ENV, train_trial
 
-__all__ = ["Launch", "StudyResult", "resume_study", "run_study"]
+__all__ = ["resume_study", "run_study"]
 
 #: Set by Ray in a job's driver (its job configuration, runtime environment included).
 JOB_CONFIG_VARIABLE = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 @dataclass(frozen=True)
-class StudyResult:
-    """What a launch did: its trials as Optuna records them, best first."""
+class RunOptions:
+    """How and where a launch runs, for :func:`run_study` and :func:`resume_study` alike.
 
-    study: str
-    storage: str
-    metric: str
-    mode: str
-    trials: tuple[TrialOutcome, ...]
-    wall_seconds: float
-    experiment_path: str
-    interrupted: bool = False
-    mlflow: dict[str, str] | None = None
-
-    def counts(self) -> dict[str, int]:
-        states = [t.state for t in self.trials]
-        return {state: states.count(state) for state in ("complete", "pruned", "failed")}
-
-    def ranked(self) -> list[TrialOutcome]:
-        """Complete trials best first, then the others by number."""
-        sign = 1.0 if self.mode == "min" else -1.0
-        done = sorted((t for t in self.trials if t.value is not None), key=lambda t: sign * (t.value or 0.0))
-        return done + [t for t in self.trials if t.value is None]
-
-    @property
-    def best(self) -> TrialOutcome | None:
-        ranked = self.ranked()
-        return ranked[0] if ranked and ranked[0].value is not None else None
-
-    def to_json(self) -> dict[str, Any]:
-        best = self.best
-        return {
-            "study": self.study,
-            "storage": self.storage,
-            "trials": self.counts(),
-            "best": None if best is None else {"number": best.number, "value": best.value, "params": best.params},
-            "wall_seconds": round(self.wall_seconds, 3),
-            "metric": self.metric,
-            "mode": self.mode,
-            "interrupted": self.interrupted,
-            "mlflow": self.mlflow,
-        }
-
-
-@dataclass(frozen=True)
-class Launch:
-    """What a launch is about to run, for the caller to show: given to ``announce``."""
-
-    study: str
-    trials: int
-    resumed: int
-    concurrency: int
-    sampler: str
-    seed: int
-    data: str
-    metric: str
-    mode: str
-    storage: str
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """What a launch runs: a new launch's trials, or what an interrupted one left to do."""
-
-    launch: str
-    samples: int
-    adopt: tuple[Adopted, ...] = ()
-    parent_run_id: str | None = None
-    experiments: tuple[str, ...] = ()
-
-
-def run_study(
-    spec: Spec,
-    *,
-    workdir: str | Path = ".",
-    storage: str | None = None,
-    tracking_uri: str | None = None,
-    address: str | None = None,
-    storage_path: str | None = None,
-    verbose: bool = False,
-    progress: Callable[[TrialOutcome], None] | None = None,
-    announce: Callable[[Launch], None] | None = None,
-    warn: Callable[[str], None] | None = None,
-    trainable: Callable[..., None] = train_trial,
-) -> StudyResult:
-    """Run the study a spec describes and return its trials.
-
-    Args:
-        spec: a validated spec (see :func:`tuner.load_spec`), with any overrides applied.
+    Attributes:
         workdir: where everything the run writes goes (Optuna's SQLite file, Ray Tune's results).
         storage: Optuna storage URL; default ``sqlite:///WORKDIR/optuna.db``.
         tracking_uri: MLflow tracking URI; default ``MLFLOW_TRACKING_URI``, else ``sqlite:///WORKDIR/mlflow.db``.
@@ -147,6 +65,38 @@ def run_study(
         warn: called with a line when something goes wrong that does not stop the study (e.g. MLflow).
         trainable: the function each trial runs, ``(config, data, *, threads, pruning)``; tuner's Keras
             trainer unless you bring your own.
+    """
+
+    workdir: str | Path = "."
+    storage: str | None = None
+    tracking_uri: str | None = None
+    address: str | None = None
+    storage_path: str | None = None
+    verbose: bool = False
+    progress: Callable[[TrialOutcome], None] | None = None
+    announce: Callable[[Launch], None] | None = None
+    warn: Callable[[str], None] | None = None
+    trainable: Callable[..., None] = train_trial
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a launch runs: a new launch's trials, or what an interrupted one left to do."""
+
+    launch: str
+    samples: int
+    adopt: tuple[Adopted, ...] = ()
+    parent_run_id: str | None = None
+    experiments: tuple[str, ...] = ()
+
+
+def run_study(spec: Spec, options: RunOptions | None = None, **changes: Any) -> StudyResult:
+    """Run the study a spec describes and return its trials.
+
+    Args:
+        spec: a validated spec (see :func:`tuner.load_spec`), with any overrides applied.
+        options: how and where to run it (:class:`RunOptions`); keyword arguments change single fields,
+            e.g. ``run_study(spec, workdir="runs")``.
 
     Raises:
         SpecError: the data the spec names cannot be loaded (nothing has been created).
@@ -154,35 +104,24 @@ def run_study(
     """
     stamp = time.strftime("%Y%m%d-%H%M%S")
     plan = _Plan(launch=f"{spec.study.name}-{stamp}", samples=spec.planned_trials)
-    return _execute(spec, plan, **_options(locals()))
+    return _execute(spec, plan, dataclasses.replace(options or RunOptions(), **changes))
 
 
-def resume_study(
-    name: str,
-    *,
-    workdir: str | Path = ".",
-    storage: str | None = None,
-    tracking_uri: str | None = None,
-    address: str | None = None,
-    storage_path: str | None = None,
-    verbose: bool = False,
-    progress: Callable[[TrialOutcome], None] | None = None,
-    announce: Callable[[Launch], None] | None = None,
-    warn: Callable[[str], None] | None = None,
-    trainable: Callable[..., None] = train_trial,
-) -> StudyResult:
+def resume_study(name: str, options: RunOptions | None = None, **changes: Any) -> StudyResult:
     """Finish the last launch of study ``name``, interrupted (Ctrl-C, a crash, ``kill -9``) before all its
     trials ended: its unfinished trials continue from their last checkpoints under the same Optuna trials and
     MLflow runs, and new trials make up the rest, so that the launch ends with the number it asked for.
 
-    The spec is the one that launch stored in the Optuna study. Arguments as for :func:`run_study`.
+    The spec is the one that launch stored in the Optuna study; its checkpoints and MLflow runs are where
+    that launch kept them, unless ``options`` say otherwise. Arguments as for :func:`run_study`.
 
     Raises:
         UsageError: there is no such study, or it has no launch tuner can resume.
     """
-    workdir_path = Path(workdir).resolve()
-    storage_url = check_storage_url(storage or f"sqlite:///{workdir_path / 'optuna.db'}")
-    study = _load_study(name, storage_url)
+    options = dataclasses.replace(options or RunOptions(), **changes)
+    storage_url = check_storage_url(options.storage or _default_storage(options))
+    with _process_settings(options.verbose):
+        study = _load_study(name, storage_url)
     last = study.user_attrs.get(LAST_LAUNCH)
     info = study.user_attrs.get(f"{LAUNCH}{last}") if last else None
     if not info:
@@ -204,13 +143,16 @@ def resume_study(
         parent_run_id=info.get("mlflow", {}).get("parent_run_id"),
         experiments=experiments,
     )
-    options = _options(locals())
-    options["storage"] = storage_url
-    if storage_path is None and experiments:  # where the launch kept its checkpoints (a bucket, a shared path)
-        options["storage_path"] = _parent_uri(experiments[-1])
-    if tracking_uri is None:
-        options["tracking_uri"] = info.get("mlflow", {}).get("tracking_uri")
-    return _execute(spec, plan, **options)
+    where: dict[str, Any] = {"storage": storage_url}
+    if options.storage_path is None and experiments:  # where the launch kept its checkpoints (a bucket, a path)
+        where["storage_path"] = _parent_uri(experiments[-1])
+    if options.tracking_uri is None:
+        where["tracking_uri"] = info.get("mlflow", {}).get("tracking_uri")
+    return _execute(spec, plan, dataclasses.replace(options, **where))
+
+
+def _default_storage(options: RunOptions) -> str:
+    return f"sqlite:///{Path(options.workdir).resolve() / 'optuna.db'}"
 
 
 #: Optuna study user attributes: each launch's record (spec, trials, experiments, MLflow run), and the last.
@@ -218,13 +160,7 @@ LAUNCH = "tuner.launch."
 LAST_LAUNCH = "tuner.last_launch"
 
 
-def _options(scope: dict[str, Any]) -> dict[str, Any]:
-    keys = ("workdir", "storage", "tracking_uri", "address", "storage_path", "verbose", "progress", "announce")
-    return {k: scope[k] for k in (*keys, "warn", "trainable")}
-
-
 def _load_study(name: str, storage_url: str) -> optuna.Study:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         return optuna.load_study(study_name=name, storage=open_storage(storage_url))
     except KeyError:
@@ -262,33 +198,84 @@ def _parent_uri(uri: str) -> str:
     return head.rsplit("/", 1)[0] + mark + query
 
 
-def _execute(
-    spec: Spec,
-    plan: _Plan,
-    *,
-    workdir: str | Path,
-    storage: str | None,
-    tracking_uri: str | None,
-    address: str | None,
-    storage_path: str | None,
-    verbose: bool,
-    progress: Callable[[TrialOutcome], None] | None,
-    announce: Callable[[Launch], None] | None,
-    warn: Callable[[str], None] | None,
-    trainable: Callable[..., None],
-) -> StudyResult:
+def _execute(spec: Spec, plan: _Plan, options: RunOptions) -> StudyResult:
+    """A launch in four steps: connect (Ray, beside the data and the stores), prepare the search, tune,
+    finish the records; in process settings restored afterwards."""
     started = time.monotonic()
-    workdir = Path(workdir).resolve()
+    stores = _locate(options)
     sampler = make_sampler(spec.study.sampler, spec.study.seed)
-    storage_url = check_storage_url(storage or f"sqlite:///{workdir / 'optuna.db'}")
-    tracking_uri = tracking.resolve_tracking_uri(tracking_uri, workdir)
-    tracking.check_reachable(tracking_uri)
-    _check_remote_driver(address, storage_url, tracking_uri)
-    _quiet(verbose)
-    _tune_settings()
+    with _process_settings(options.verbose):
+        curves = Curves()  # every trial's curves, recorded by the search, read by the diagnosis and the records
+        session = _connect(spec, plan, stores, options, curves)
+        stopping: threading.Thread | None = None
+        try:
+            search = StudySearch(
+                spec,
+                storage=session.storage,
+                sampler=sampler,
+                launch=plan.launch,
+                adopt=plan.adopt,
+                curves=curves,
+            )
+            result = _tune(spec, plan, stores, options, session, search)
+            # Ray's shutdown (a second or so of stopping processes) runs beside the last MLflow writes and plots.
+            if session.own_ray:
+                stopping = threading.Thread(target=ray.shutdown)
+                stopping.start()
+            model_uri = _finish(spec, result, search, session.tracker, options.warn)
+        except BaseException:
+            session.tracker.fail()
+            raise
+        finally:
+            if stopping:
+                stopping.join()
+            elif session.own_ray:
+                ray.shutdown()
+    tracker = session.tracker
+    runs = {"tracking_uri": stores.tracking_uri, "experiment_id": tracker.experiment_id}
+    runs["parent_run_id"] = tracker.parent_run_id
+    if model_uri:
+        runs["model_uri"] = model_uri
+    return dataclasses.replace(result, wall_seconds=time.monotonic() - started, mlflow=runs)
 
-    # Ray starts (seconds of waiting on its processes) while this thread reads the data and opens the
-    # Optuna and MLflow stores.
+
+@dataclass(frozen=True)
+class _Stores:
+    """Where a launch keeps its state, resolved and checked before anything is created."""
+
+    workdir: Path
+    storage_url: str
+    tracking_uri: str
+
+
+@dataclass(frozen=True)
+class _Session:
+    """What a launch holds once connected: Ray (and whether this launch started it), the data, the stores."""
+
+    own_ray: bool
+    dataset: Dataset
+    storage: optuna.storages.BaseStorage
+    tracker: tracking.Tracker
+
+
+def _locate(options: RunOptions) -> _Stores:
+    """The launch's stores as the options name them, each checked before anything is created.
+
+    Raises:
+        UsageError: a store's address is malformed, or local while Ray Client runs the loop elsewhere.
+        TunerError: the MLflow server does not answer.
+    """
+    workdir = Path(options.workdir).resolve()
+    storage_url = check_storage_url(options.storage or _default_storage(options))
+    tracking_uri = tracking.resolve_tracking_uri(options.tracking_uri, workdir)
+    tracking.check_reachable(tracking_uri)
+    _check_remote_driver(options.address, storage_url, tracking_uri)
+    return _Stores(workdir, storage_url, tracking_uri)
+
+
+def _connect(spec: Spec, plan: _Plan, stores: _Stores, options: RunOptions, curves: Curves) -> _Session:
+    """Start or reach Ray while this thread reads the data and opens the Optuna and MLflow stores (Ray's start
+    is seconds of waiting on its processes)."""
     own_ray = not ray.is_initialized()
     in_job = bool(os.environ.get(JOB_CONFIG_VARIABLE))
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -297,66 +284,86 @@ def _execute(
                 # In a Ray job (tuner submit), connecting unpacks the job's working directory afresh: the
                 # process's current directory is replaced under it. Connect first, then step back in.
                 cwd = os.getcwd()
-                _init_ray(address, verbose)
+                _init_ray(options.address, options.verbose)
                 os.chdir(cwd)
-            preparing = pool.submit(_prepare, spec, workdir, storage_url, tracking_uri, warn, plan.parent_run_id)
+            preparing = pool.submit(_prepare, spec, stores, options.warn, plan.parent_run_id, curves)
             if own_ray and not in_job:
-                _init_ray(address, verbose)
-            dataset, optuna_storage, tracker = preparing.result()
+                _init_ray(options.address, options.verbose)
+            dataset, storage, tracker = preparing.result()
         except BaseException:
             if own_ray:
                 ray.shutdown()
             raise
-    stopping: threading.Thread | None = None
-    try:
-        concurrency = spec.study.concurrency or _default_concurrency(spec)
-        search = StudySearch(spec, storage=optuna_storage, sampler=sampler, launch=plan.launch, adopt=plan.adopt)
-        root = storage_path or str(workdir / "ray_results")
-        name = f"{spec.study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        experiment = _join_uri(root, name)
-        _record_launch(search.study, spec, plan, experiment, tracking_uri, tracker.parent_run_id)
-        if announce:
-            s = spec.study
-            announce(Launch(s.name, plan.samples, len(plan.adopt), concurrency, s.sampler, s.seed,
-                            dataset.describe(), s.metric, s.mode, storage_url))  # fmt: skip
-        callback = tracking.TrackingCallback(tracker, search)
-        interrupted = (
-            _tune(spec, search, trainable, dataset, (root, name), plan.samples, concurrency, progress, callback)
-            if plan.samples
-            else False
-        )
-        launched = [t for t in search.study.get_trials() if t.user_attrs.get("launch") == plan.launch]
-        result = StudyResult(
-            study=spec.study.name,
-            storage=storage_url,
-            metric=spec.study.metric,
-            mode=spec.study.mode,
-            trials=tuple(TrialOutcome.from_frozen(t) for t in launched),
-            wall_seconds=0.0,
-            experiment_path=experiment,
-            interrupted=interrupted,
-        )
-        # Ray's shutdown (a second or so of stopping processes) runs beside the last MLflow writes and plots.
-        stopping = threading.Thread(target=ray.shutdown) if own_ray else None
-        if stopping:
-            stopping.start()
-        model_uri = tracker.finish(result, search)
-    except BaseException:
-        tracker.fail()
-        raise
-    finally:
-        if stopping:
-            stopping.join()
-        elif own_ray:
-            ray.shutdown()
-    runs = {
-        "tracking_uri": tracking_uri,
-        "experiment_id": tracker.experiment_id,
-        "parent_run_id": tracker.parent_run_id,
-    }
-    if model_uri:
-        runs["model_uri"] = model_uri
-    return dataclasses.replace(result, wall_seconds=time.monotonic() - started, mlflow=runs)
+    return _Session(own_ray, dataset, storage, tracker)
+
+
+def _prepare(
+    spec: Spec, stores: _Stores, warn: Callable[[str], None] | None, parent_run_id: str | None, curves: Curves
+) -> tuple[Dataset, optuna.storages.BaseStorage, tracking.Tracker]:
+    """Everything a study needs besides Ray: the data, the Optuna storage, the MLflow records."""
+    dataset = load_dataset(spec.data, seed=spec.study.seed, source=spec.source)
+    stores.workdir.mkdir(parents=True, exist_ok=True)
+    storage = open_storage(stores.storage_url)
+    check_compatible(storage, spec)
+    local_store = not stores.tracking_uri.startswith(("http://", "https://"))
+    artifacts = stores.workdir / "mlartifacts" if local_store else None
+    tracker = tracking.Tracker(
+        spec, stores.tracking_uri, artifact_root=artifacts, warn=warn, parent_run_id=parent_run_id, curves=curves
+    )
+    return dataset, storage, tracker
+
+
+def _tune(
+    spec: Spec, plan: _Plan, stores: _Stores, options: RunOptions, session: _Session, search: StudySearch
+) -> StudyResult:
+    """Record the launch in the study, announce it, run its trials through Ray Tune; what they did."""
+    concurrency = spec.study.concurrency or _default_concurrency(spec)
+    root = options.storage_path or str(stores.workdir / "ray_results")
+    name = f"{spec.study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    experiment = _join_uri(root, name)
+    _record_launch(search.study, spec, plan, experiment, stores.tracking_uri, session.tracker.parent_run_id)
+    if options.announce:
+        s = spec.study
+        options.announce(Launch(s.name, plan.samples, len(plan.adopt), concurrency, s.sampler, s.seed,
+                                session.dataset.describe(), s.metric, s.mode, stores.storage_url))  # fmt: skip
+    interrupted = False
+    if plan.samples:
+        callbacks = [
+            FailureReasons(search),  # first: the tracker records the state Optuna was told
+            tracking.TrackingCallback(session.tracker, search.outcomes),
+            _Progress(search, options.progress),
+        ]
+        interrupted = _fit(spec, search, options.trainable, session.dataset, (root, name), plan.samples,
+                           concurrency, callbacks)  # fmt: skip
+    launched = [t for t in search.study.get_trials() if t.user_attrs.get("launch") == plan.launch]
+    return StudyResult(
+        study=spec.study.name,
+        storage=stores.storage_url,
+        metric=spec.study.metric,
+        mode=spec.study.mode,
+        trials=tuple(outcome_of(t) for t in launched),
+        wall_seconds=0.0,
+        experiment_path=experiment,
+        interrupted=interrupted,
+    )
+
+
+def _finish(
+    spec: Spec,
+    result: StudyResult,
+    search: StudySearch,
+    tracker: tracking.Tracker,
+    warn: Callable[[str], None] | None,
+) -> str | None:
+    """Close the launch's MLflow records, with the study's plots and tables (written by :mod:`tuner.report`)
+    on its parent run; returns the best model's URI, if one was logged."""
+    with tempfile.TemporaryDirectory() as files:
+        try:
+            report.write_study_files(Path(files), result, tracker.curves(result), search.study, spec)
+        except Exception as exc:  # the study itself is complete in Optuna and in MLflow's runs
+            if warn is not None:
+                warn(f"could not write the study's plots and tables: {type(exc).__name__}: {exc}")
+        return tracker.finish(result, search.outcomes, Path(files))
 
 
 def _record_launch(
@@ -395,26 +402,7 @@ def _is_local(uri: str) -> bool:
     return uri.startswith(("sqlite", "file:")) or "://" not in uri
 
 
-def _prepare(
-    spec: Spec,
-    workdir: Path,
-    storage_url: str,
-    tracking_uri: str,
-    warn: Callable[[str], None] | None,
-    parent_run_id: str | None,
-) -> tuple[Dataset, optuna.storages.BaseStorage, tracking.Tracker]:
-    """Everything a study needs besides Ray: the data, the Optuna storage, the MLflow records."""
-    dataset = load_dataset(spec.data, seed=spec.study.seed, source=spec.source)
-    workdir.mkdir(parents=True, exist_ok=True)
-    optuna_storage = open_storage(storage_url)
-    check_compatible(optuna_storage, spec)
-    local_store = not tracking_uri.startswith(("http://", "https://"))
-    artifacts = workdir / "mlartifacts" if local_store else None
-    tracker = tracking.Tracker(spec, tracking_uri, artifact_root=artifacts, warn=warn, parent_run_id=parent_run_id)
-    return dataset, optuna_storage, tracker
-
-
-def _tune(
+def _fit(
     spec: Spec,
     search: StudySearch,
     trainable: Callable[..., None],
@@ -422,8 +410,7 @@ def _tune(
     experiment: tuple[str, str],
     trials: int,
     concurrency: int,
-    progress: Callable[[TrialOutcome], None] | None,
-    tracker: tune.Callback,
+    callbacks: list[tune.Callback],
 ) -> bool:
     """Run the trials through Ray Tune into ``experiment`` (its storage path or URI, and its name); returns
     whether the run was interrupted."""
@@ -453,7 +440,7 @@ def _tune(
             # A trial whose worker (or node) dies starts again from its last epoch's checkpoint.
             failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[FailureReasons(search), tracker, _Progress(search, progress)],
+            callbacks=callbacks,
             verbose=0,
         ),
     )
@@ -533,26 +520,46 @@ def _buffered_results(allowed: bool) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def _tune_settings() -> None:
-    """Ray Tune's per-result file loggers (JSON, CSV, TensorBoard) repeat what Optuna and MLflow record and
-    cost the driver more per epoch than a small trial's training; tuner turns them off."""
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+#: Loggers a launch quiets (unless verbose), restored afterwards.
+QUIET_LOGGERS = {"ray": logging.CRITICAL, "ray.tune": logging.CRITICAL, "ray.train": logging.CRITICAL,
+                 "ray.data": logging.CRITICAL, "mlflow": logging.ERROR, "alembic": logging.ERROR}  # fmt: skip
 
 
-def _quiet(verbose: bool) -> None:
-    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
-    if not verbose:
-        # Tune's newer console output prints its configuration box whatever the verbosity; the classic
-        # reporter honours verbose=0. tuner prints its own line per trial.
-        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-        # A failed trial's error is printed once, by tuner, as one line.
-        os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] = "0"
-        for name in ("ray", "ray.tune", "ray.train", "ray.data"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
-        for name in ("mlflow", "alembic"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-        warnings.filterwarnings("ignore", module="ray")
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+@contextlib.contextmanager
+def _process_settings(verbose: bool) -> Iterator[None]:
+    """The settings a launch needs in this process, for as long as it runs; then the process as it was found
+    (environment variables, logger levels, warning filters, Optuna's verbosity), for the program that called.
+
+    - Ray Tune's per-result file loggers (JSON, CSV, TensorBoard) repeat what Optuna and MLflow record and
+      cost the driver more per epoch than a small trial's training; they are off.
+    - MLflow's client prints a "View run" link for every run it ends against a server; tuner prints its own.
+    - Unless ``verbose``: Tune's newer console output prints its configuration box whatever the verbosity
+      (the classic reporter honours verbose=0); a failed trial's error is printed once, by tuner, as one
+      line; Ray's, MLflow's and Optuna's loggers and warnings keep quiet.
+    """
+    environ = dict(os.environ)
+    levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    verbosity = optuna.logging.get_verbosity()
+    try:
+        with warnings.catch_warnings():
+            os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+            os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+            optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
+            if not verbose:
+                os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+                os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] = "0"
+                for name, level in QUIET_LOGGERS.items():
+                    logging.getLogger(name).setLevel(level)
+                warnings.filterwarnings("ignore", module="ray")
+                warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            yield
+    finally:
+        for key in set(os.environ) - set(environ):
+            del os.environ[key]
+        os.environ.update(environ)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        optuna.logging.set_verbosity(verbosity)
 
 
 def _init_ray(address: str | None, verbose: bool) -> None:

@@ -1,27 +1,29 @@
-"""Ray Tune's OptunaSearch, telling Optuna the truth about every trial, and the study's storage.
+"""The Optuna study behind a launch, driven through Optuna's ask-and-tell interface as a Ray Tune searcher.
 
-Stock ``OptunaSearch`` tells Optuna COMPLETE for any trial that reported a value, even one stopped after
-two of its twenty epochs, and reports whatever number arrives, NaN included. Here a trial is COMPLETE only
-when it trained every epoch, PRUNED when it stopped early (the reason kept as a user attribute), and FAIL
-when it raised; a non-finite number never reaches Optuna.
+Optuna proposes, Ray Tune runs: :class:`StudySearch` asks the study for a trial, hands Ray Tune its
+configuration, reports each epoch's metric and tells the study how the trial ended, in Optuna's own words.
+A trial is COMPLETE only when it trained every epoch, PRUNED when it stopped early (the reason kept as a
+user attribute), and FAIL when it raised; a non-finite number never reaches Optuna.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import TrialState
 from ray import tune
-from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search import Searcher
 
 from tuner.errors import TunerError, UsageError
 from tuner.pruning import diagnose
+from tuner.results import Curves, TrialOutcome
 from tuner.space import SearchSpace, plain_params
 from tuner.trainable import STOP_REASON
 
@@ -35,44 +37,30 @@ __all__ = [
     "Adopted",
     "FailureReasons",
     "StudySearch",
-    "TrialOutcome",
     "check_storage_url",
     "make_sampler",
     "open_storage",
+    "outcome_of",
 ]
 
 #: Optuna's states in the words tuner prints, tags and counts.
 STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
 
 
-@dataclass(frozen=True)
-class TrialOutcome:
-    """How one trial ended, as told to Optuna."""
-
-    number: int
-    state: str
-    value: float | None
-    epochs: int
-    params: dict[str, Any] = field(default_factory=dict)
-    seed: int | None = None
-    reason: str | None = None
-    trial_id: str | None = None
-    diagnosis: str | None = None
-
-    @classmethod
-    def from_frozen(cls, trial: optuna.trial.FrozenTrial) -> TrialOutcome:
-        attrs = trial.user_attrs
-        return cls(
-            number=trial.number,
-            state=STATES.get(trial.state, trial.state.name.lower()),
-            value=trial.value if trial.state == TrialState.COMPLETE else None,
-            epochs=int(attrs.get("epochs", 0)),
-            params=plain_params(trial.params),
-            seed=attrs.get("seed"),
-            reason=attrs.get("stop_reason") or attrs.get("fail_reason"),
-            trial_id=attrs.get("ray_trial_id"),
-            diagnosis=attrs.get("diagnosis"),
-        )
+def outcome_of(trial: optuna.trial.FrozenTrial) -> TrialOutcome:
+    """A trial as Optuna stores it, in tuner's terms."""
+    attrs = trial.user_attrs
+    return TrialOutcome(
+        number=trial.number,
+        state=STATES.get(trial.state, trial.state.name.lower()),
+        value=trial.value if trial.state == TrialState.COMPLETE else None,
+        epochs=int(attrs.get("epochs", 0)),
+        params=plain_params(trial.params),
+        seed=attrs.get("seed"),
+        reason=attrs.get("stop_reason") or attrs.get("fail_reason"),
+        trial_id=attrs.get("ray_trial_id"),
+        diagnosis=attrs.get("diagnosis"),
+    )
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -212,11 +200,12 @@ class Adopted:
     checkpoint: str | None = None
 
 
-class StudySearch(OptunaSearch):
-    """``OptunaSearch`` over a spec's define-by-run space that tells Optuna each trial's true state.
+class StudySearch(Searcher):
+    """A Ray Tune searcher over a spec's define-by-run space, on Optuna's ask-and-tell interface.
 
     Every trial it asks for carries the user attributes ``launch`` (which launch asked for it) and
-    ``ray_trial_id``, so that ``tuner resume`` can find an interrupted launch's trials and checkpoints.
+    ``ray_trial_id``, so that ``tuner resume`` can find an interrupted launch's trials and checkpoints; a
+    resumed launch hands it those trials (``adopt``) to run again before it asks for new ones.
     """
 
     def __init__(
@@ -227,56 +216,72 @@ class StudySearch(OptunaSearch):
         sampler: optuna.samplers.BaseSampler,
         launch: str = "",
         adopt: Sequence[Adopted] = (),
+        curves: Curves | None = None,
     ):
-        super().__init__(
-            space=SearchSpace(spec),
-            metric=spec.study.metric,
-            mode=spec.study.mode,
-            sampler=sampler,
+        super().__init__(metric=spec.study.metric, mode=spec.study.mode)
+        self.study = optuna.create_study(
             study_name=spec.study.name,
             storage=storage,
+            sampler=sampler,
+            pruner=optuna.pruners.NopPruner(),  # Ray Tune's schedulers prune; the reports are for samplers
+            direction="minimize" if spec.study.mode == "min" else "maximize",
+            load_if_exists=True,
         )
+        # The storage as the caller opened it: its public methods find a trial by its number.
+        self._storage = storage
+        self._study_id = storage.get_study_id_from_name(spec.study.name)
+        self._space = SearchSpace(spec)
         self._epochs = spec.training.epochs
         self._scheduler = spec.pruning.scheduler
-        self._failed: set[str] = set()
-        # Each trial's loss curves, epoch -> value, for the diagnosis; and the lowest validation loss ended
-        # trials had at each epoch, so that a curve stopped early is compared with others at the same epoch.
-        self._curves: dict[str, dict[str, dict[int, float]]] = {}
-        self._best_at: dict[int, float] = {}
         self._launch = launch
         self._adopt = list(adopt)
+        #: Ray Tune trial id -> the Optuna trial it runs, and the epochs reported to Optuna for it.
+        self._trials: dict[str, optuna.Trial] = {}
+        self._reported: dict[str, set[int]] = {}
+        self._told: set[str] = set()
+        self._failed: set[str] = set()
+        #: Every trial's curves, recorded here as results arrive (the study's one record of them).
+        self.curves = curves if curves is not None else Curves()
+        # The lowest validation loss ended trials had at each epoch, so that a curve stopped early is compared
+        # with the others at the same epoch.
+        self._best_at: dict[int, float] = {}
         self.outcomes: dict[str, TrialOutcome] = {}
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        # The spec sets the metric and mode; Ray Tune's own (TuneConfig) are not used.
+        return True
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         """A configuration for a new Ray Tune trial: an adopted (interrupted) trial's own, with the checkpoint
         to resume from, while there are any; then a new Optuna trial's."""
         resume_from = None
-        if trial_id not in self._ot_trials and self._adopt:
+        if trial_id in self._trials:
+            trial = self._trials[trial_id]
+        elif self._adopt:
             adopted = self._adopt.pop(0)
-            storage = self.study._storage
-            ot_id = storage.get_trial_id_from_study_id_trial_number(self.study._study_id, adopted.number)
-            # Re-running the define-by-run space on it returns the parameters it already drew.
-            self._ot_trials[trial_id] = optuna.trial.Trial(self.study, ot_id)
+            trial = optuna.trial.Trial(self.study, self._optuna_id(adopted.number))
+            self._reported[trial_id] = set(self._storage.get_trial(self._optuna_id(adopted.number)).intermediate_values)
             resume_from = adopted.checkpoint
-        config = super().suggest(trial_id)
-        trial = self._ot_trials[trial_id]
+        else:
+            trial = self.study.ask()
+        self._trials[trial_id] = trial
+        self._reported.setdefault(trial_id, set())
         trial.set_user_attr("ray_trial_id", trial_id)
         trial.set_user_attr("launch", self._launch)
-        if config is not None and resume_from:
+        config = self._space(trial)  # an adopted trial's own values: Optuna returns those it drew
+        if resume_from:
             config["resume_from"] = resume_from
         return config
 
-    @property
-    def study(self) -> optuna.Study:
-        assert self._ot_study is not None  # set up in __init__, as the space is given there
-        return self._ot_study
+    def _optuna_id(self, number: int) -> int:
+        return self._storage.get_trial_id_from_study_id_trial_number(self._study_id, number)
 
     def numbers(self) -> list[int]:
         """The Optuna numbers of the trials this search asked for."""
-        return sorted(t.number for t in self._ot_trials.values())
+        return sorted(t.number for t in self._trials.values())
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        if trial_id not in self._completed_trials:
+        if trial_id in self._trials and trial_id not in self._told:
             self._observe(trial_id, result)
 
     def _observe(self, trial_id: str, result: dict[str, Any]) -> None:
@@ -287,26 +292,21 @@ class StudySearch(OptunaSearch):
         """
         if "epoch" not in result:
             return
-        if result.get("history"):  # a resumed trial: its curve so far, which Optuna may partly lack
-            trial = self._ot_trials[trial_id]
-            reported = set(self.study._storage.get_trial(trial._trial_id).intermediate_values)
-            for earlier in result["history"]:
-                self._record(trial_id, earlier, report=int(earlier["epoch"]) not in reported)
-        self._record(trial_id, result, report=True)
+        for earlier in result.get("history") or ():  # a resumed trial: its curve so far, which Optuna may lack
+            self._record(trial_id, earlier)
+        self._record(trial_id, result)
 
-    def _record(self, trial_id: str, result: dict[str, Any], *, report: bool) -> None:
+    def _record(self, trial_id: str, result: dict[str, Any]) -> None:
         epoch = int(result["epoch"])
-        curves = self._curves.setdefault(trial_id, {"loss": {}, "val_loss": {}})
-        seen = epoch in curves["loss"]
-        for key, points in curves.items():
-            value = result.get(key)
-            points[epoch] = math.nan if value is None else float(value)
+        self.curves.record(self._trials[trial_id].number, result)
         value = result.get(self.metric)
-        if report and not seen and value is not None and math.isfinite(value):
-            self._ot_trials[trial_id].report(float(value), epoch)
+        reported = self._reported[trial_id]
+        if epoch not in reported and value is not None and math.isfinite(value):
+            self._trials[trial_id].report(float(value), epoch)
+            reported.add(epoch)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id in self._told or trial_id not in self._trials:
             return
         if error:
             # The reason arrives a moment later, through FailureReasons.on_trial_error.
@@ -337,45 +337,55 @@ class StudySearch(OptunaSearch):
     def close(self, reason: str) -> list[int]:
         """Tell FAIL for every trial asked for and not finished (e.g. after Ctrl-C); returns their numbers."""
         left = []
-        for trial_id in list(self._ot_trials):
-            if trial_id in self._completed_trials:
+        for trial_id, trial in list(self._trials.items()):
+            if trial_id in self._told:
                 continue
             self._failed.discard(trial_id)
             self._tell(trial_id, TrialState.FAIL, None, 0, fail_reason=reason)
-            left.append(self._ot_trials[trial_id].number)
+            left.append(trial.number)
         return left
 
     def _tell(self, trial_id: str, state: TrialState, value: float | None, epochs: int, **reason: str) -> None:
-        trial = self._ot_trials[trial_id]
+        trial = self._trials[trial_id]
         trial.set_user_attr("epochs", epochs)
         for key, text in reason.items():
             trial.set_user_attr(key, text)
         label = self._diagnose(trial_id, reason.get("stop_reason"))
         if label is not None:
             trial.set_user_attr("diagnosis", label)
-        storage = self.study._storage
         try:
-            self.study.tell(trial, value, state=state)
+            frozen = self.study.tell(trial, value, state=state)
         except RuntimeError:
             # BruteForceSampler calls study.stop() once the grid is exhausted, which only works inside
             # study.optimize; the state has been stored by then.
-            if storage.get_trial(trial._trial_id).state != state:
+            frozen = self._storage.get_trial(self._optuna_id(trial.number))
+            if frozen.state != state:
                 raise
-        self._completed_trials.add(trial_id)
-        self.outcomes[trial_id] = TrialOutcome.from_frozen(storage.get_trial(trial._trial_id))
-        for epoch, value in self._curves.get(trial_id, {}).get("val_loss", {}).items():
-            if math.isfinite(value):
-                self._best_at[epoch] = min(value, self._best_at.get(epoch, value))
+        self._told.add(trial_id)
+        self.outcomes[trial_id] = outcome_of(frozen)
+        for epoch, loss in self.curves.history(trial.number).get("val_loss", ()):
+            self._best_at[epoch] = min(loss, self._best_at.get(epoch, loss))
 
     def _diagnose(self, trial_id: str, stop_reason: str | None) -> str | None:
         """The label of a trial's training-loss curve (see :func:`tuner.pruning.diagnose`); None without one."""
-        curves = self._curves.get(trial_id)
-        if not curves or not curves["loss"]:
+        number = self._trials[trial_id].number
+        loss = self.curves.values(number, "loss")
+        if not loss:
             return None
-        loss = [curves["loss"][e] for e in sorted(curves["loss"])]
-        val_loss = [curves["val_loss"][e] for e in sorted(curves["val_loss"])]
-        best = self._best_at.get(max(curves["loss"]))  # the others at this curve's last epoch
+        val_loss = self.curves.values(number, "val_loss")
+        last = self.curves.last_epoch(number)
+        best = self._best_at.get(last) if last is not None else None  # the others at this curve's last epoch
         return diagnose(loss, val_loss, stop_reason=stop_reason, best_val_loss=best)
+
+    # Ray Tune saves a searcher beside its experiment for Tuner.restore; tuner resumes from the Optuna study
+    # instead (tuner resume), so what is saved is only a note of the launch and its trials.
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "w") as f:
+            json.dump({"study": self.study.study_name, "launch": self._launch, "trials": self.numbers()}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        raise NotImplementedError("a launch resumes from its Optuna study: tuner resume STUDY")
 
 
 class FailureReasons(tune.Callback):

@@ -20,11 +20,12 @@ from typing import Any
 
 import yaml
 
+from tuner import data as datamod
+from tuner.data import Data
 from tuner.errors import SpecError, UsageError, show, shown
 
 __all__ = [
     "Choice",
-    "Data",
     "Model",
     "Optimizer",
     "Pruning",
@@ -82,25 +83,6 @@ class Study:
     concurrency: int | None
     sampler: str
     seed: int
-
-
-@dataclass(frozen=True)
-class Data:
-    """Where the examples come from. ``path`` is absolute for ``csv:`` and ``npz:`` datasets."""
-
-    dataset: str
-    task: str
-    validation_split: float = 0.2
-    path: str | None = None
-    target: str | None = None
-    n_samples: int = 1000
-    n_features: int = 20
-    n_classes: int = 2
-    seed: int | None = None
-
-    @property
-    def label(self) -> str:
-        return f"{self.dataset}:{self.path}" if self.path else self.dataset
 
 
 @dataclass(frozen=True)
@@ -651,8 +633,6 @@ class _Reader:
         )
 
     def file_data(self, node: dict[str, Any], kind: str, file: str, split: float) -> Data:
-        from tuner import data as datamod
-
         path = (self.base / file).resolve()
         if not path.is_file():
             raise self.fail("data.dataset", f"file not found: {path}", f"{kind}:{file}")

@@ -7,12 +7,10 @@ MLflow, so nothing changes when the trials run on a cluster.
 from __future__ import annotations
 
 import contextlib
-import csv
 import math
 import os
-import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,28 +21,25 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from tuner.errors import TunerError
+from tuner.results import CURVE_METRICS, Curve, Curves, StudyResult, TrialOutcome
 from tuner.trainable import MODEL_FILE
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
 
-    from tuner.runner import StudyResult
-    from tuner.search import StudySearch, TrialOutcome
     from tuner.spec import Spec
 
 __all__ = [
-    "METRICS",
     "Tracker",
     "TrackingCallback",
     "check_reachable",
     "experiment_url",
     "resolve_tracking_uri",
+    "serve_ui",
     "study_experiments",
     "ui_url",
 ]
 
-#: Result keys logged as MLflow metrics, per epoch.
-METRICS = ("loss", "val_loss", "accuracy", "val_accuracy", "mae", "val_mae", "lr")
 #: A trial's metrics wait at most this long on the driver before one log_batch sends them (and always go
 #: when the trial ends): a request per epoch would cost more than a small trial's training.
 FLUSH_SECONDS = 2.0
@@ -55,9 +50,6 @@ STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
 #: Tags MLflow's UI reads: nesting, and the experiment's view (runs table, not the GenAI traces view).
 PARENT_TAG = "mlflow.parentRunId"
 KIND_TAG = "mlflow.experimentKind"
-
-# MLflow's client prints a "View run" link for every run it ends against a server; tuner prints its own.
-os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def resolve_tracking_uri(uri: str | None, workdir: Path) -> str:
@@ -92,6 +84,38 @@ def study_experiments(uri: str) -> list[tuple[str, str]]:
     ]
 
 
+def serve_ui(uri: str, artifacts: Path, *, host: str = "127.0.0.1", port: int = 5000) -> int:
+    """Run MLflow's tracking server and UI on the store at ``uri`` until Ctrl-C or SIGTERM; its exit code.
+
+    The server runs in its own process group (MLflow starts uvicorn under it); stopping this process, by
+    Ctrl-C or SIGTERM, stops the whole group.
+    """
+    import signal
+    import subprocess
+    import sys
+
+    command = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", uri,
+        "--artifacts-destination", str(artifacts),
+        "--host", host, "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    # MLflow's background job runner serves GenAI features a study does not use; it costs a process each.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen(command, start_new_session=True, env=env)
+
+    def stop(*_: Any) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        return server.wait()
+    except KeyboardInterrupt:
+        stop()
+        return server.wait()
+
+
 def check_reachable(uri: str) -> None:
     """Fail fast, before any trial starts, when a tracking server does not answer.
 
@@ -114,7 +138,6 @@ class _TrialRecord:
     run_id: str
     number: int
     optimizer: str
-    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     checkpoint: Any = None
     pending: list[Metric] = field(default_factory=list)
     flushed: float = field(default_factory=time.monotonic)
@@ -136,10 +159,13 @@ class Tracker:
         artifact_root: Path | None = None,
         warn: Callable[[str], None] | None = None,
         parent_run_id: str | None = None,
+        curves: Curves | None = None,
     ) -> None:
         self.spec, self.uri = spec, uri
         self.warn = warn or (lambda text: None)
         self.client = MlflowClient(tracking_uri=uri)
+        #: The study's curves, which the search records; an interrupted launch's earlier ones are added here.
+        self.curve_store = curves if curves is not None else Curves()
         self.trials: dict[str, _TrialRecord] = {}
         self._by_number: dict[int, _TrialRecord] = {}
         self._ended: set[str] = set()
@@ -180,11 +206,10 @@ class Tracker:
         for run in children:
             number = int(run.data.tags["optuna.trial_number"])
             record = _TrialRecord(run.info.run_id, number, run.data.params.get("optimizer", ""))
-            for key in METRICS:
-                history = self.client.get_metric_history(run.info.run_id, key)
-                if history:
-                    record.history[key] = sorted((m.step, m.value) for m in history)
-            record.logged = max((steps[-1][0] for steps in record.history.values()), default=0)
+            for key in CURVE_METRICS:
+                for point in self.client.get_metric_history(run.info.run_id, key):
+                    self.curve_store.record(number, {"epoch": point.step, key: point.value})
+                    record.logged = max(record.logged, point.step)
             record.done = run.info.status != "RUNNING"
             self._by_number[number] = record
 
@@ -227,17 +252,16 @@ class Tracker:
         if epoch <= record.logged:
             return
         self._collect(record, result, stamp)
-        if time.monotonic() - record.flushed >= FLUSH_SECONDS or len(record.pending) > MAX_BATCH - len(METRICS):
+        if time.monotonic() - record.flushed >= FLUSH_SECONDS or len(record.pending) > MAX_BATCH - len(CURVE_METRICS):
             self._flush(record)
 
     def _collect(self, record: _TrialRecord, result: dict[str, Any], stamp: int) -> None:
         epoch = int(result["epoch"])
         record.logged = max(record.logged, epoch)
-        for key in METRICS:
+        for key in CURVE_METRICS:
             value = result.get(key)
             if isinstance(value, (int, float)) and math.isfinite(value):
                 record.pending.append(Metric(key, float(value), stamp, epoch))
-                record.history.setdefault(key, []).append((epoch, float(value)))
 
     def _flush(self, record: _TrialRecord) -> None:
         tags = _placement_tags(record)
@@ -290,12 +314,15 @@ class Tracker:
 
     # -- the end of the launch
 
-    def finish(self, result: StudyResult, search: StudySearch) -> str | None:
-        """Close what is still open, then put the study's summary and artifacts on the parent run.
+    def finish(
+        self, result: StudyResult, outcomes: Mapping[str, TrialOutcome], files: Path | None = None
+    ) -> str | None:
+        """Close what is still open, then put the study's summary and the ``files`` (a directory: the plots
+        and tables :mod:`tuner.report` wrote) on the parent run. ``outcomes``: each Ray Tune trial's end.
 
         Returns the best model's URI, if one was logged.
         """
-        for trial_id, outcome in search.outcomes.items():
+        for trial_id, outcome in outcomes.items():
             self.end_trial(trial_id, outcome)
         for trial_id, record in self.trials.items():  # no outcome: Optuna never heard of its end
             if trial_id not in self._ended:
@@ -322,9 +349,8 @@ class Tracker:
             model_uri = f"runs:/{self.parent_run_id}/best_model/{MODEL_FILE}"
             self.client.set_tag(self.parent_run_id, "best_model_uri", model_uri)
         try:
-            with tempfile.TemporaryDirectory() as tmp:
-                self._write_artifacts(Path(tmp), result, search)
-                self.client.log_artifacts(self.parent_run_id, tmp)
+            if files is not None:
+                self.client.log_artifacts(self.parent_run_id, str(files))
         except Exception as exc:  # the study itself is complete in Optuna and in the runs above
             self.warn(f"mlflow: could not log the study's artifacts: {type(exc).__name__}: {_first_line(exc)}")
         status = "KILLED" if result.interrupted else "FINISHED"
@@ -341,54 +367,28 @@ class Tracker:
         with contextlib.suppress(Exception):
             self.client.set_terminated(self.parent_run_id, "FAILED")
 
-    def _write_artifacts(self, out: Path, result: StudyResult, search: StudySearch) -> None:
-        from tuner import report
-
+    def curves(self, result: StudyResult) -> dict[int, Curve]:
+        """Every trial's curves as logged (this launch's and, for a resumed launch, the earlier ones'), with how
+        each ended, by Optuna number: what the study's plots and table are drawn from."""
         ends = {o.number: o for o in result.trials}
         curves = {}
-        for r in self._by_number.values():
-            end = ends.get(r.number)
+        for number, record in self._by_number.items():
+            end = ends.get(number)
             state, label = (end.state, end.diagnosis) if end else ("failed", None)
-            curves[r.number] = report.Curve(r.optimizer, state, r.history, label)
-        report.plot_loss_curves(curves, out / "loss_curves.png", metric=result.metric)
-        report.plot_study(search.study, out)
-        self._write_trials_csv(out / "trials.csv", result)
-        if result.best is not None:
-            doc = self.spec.fixed_at(result.best.params).to_doc()
-            (out / "best_params.yaml").write_text(
-                f"# The best trial (#{result.best.number}) of study {result.study}, every value fixed.\n"
-                f"# Re-run it with: tuner launch best_params.yaml --trials 1\n" + yaml.safe_dump(doc, sort_keys=False)
-            )
-
-    def _write_trials_csv(self, path: Path, result: StudyResult) -> None:
-        records = self._by_number
-        names: list[str] = []
-        for outcome in result.trials:
-            names += [k for k in outcome.params if k not in names]
-        metric_keys = [k for k in METRICS if any(k in r.history for r in records.values())]
-        header = ["number", "state", "diagnosis", "reason", "epochs", "seed", *names]
-        header += [f"final_{k}" for k in metric_keys] + [f"best_{k}" for k in metric_keys if k != "lr"]
-        with path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(header)
-            for o in sorted(result.trials, key=lambda t: t.number):
-                history = records[o.number].history if o.number in records else {}
-                row = [o.number, o.state, o.diagnosis or "", o.reason or "", o.epochs, o.seed]
-                row += [o.params.get(n, "") for n in names]
-                row += [history[k][-1][1] if history.get(k) else "" for k in metric_keys]
-                row += [_best(history.get(k), k) for k in metric_keys if k != "lr"]
-                writer.writerow(row)
+            curves[number] = Curve(record.optimizer, state, self.curve_store.history(number), label)
+        return curves
 
 
 class TrackingCallback(tune.Callback):
     """Feeds the :class:`Tracker` from Ray Tune's events, on the driver.
 
-    It runs after :class:`tuner.search.FailureReasons`, so the state it records is the one Optuna was told.
+    It runs after :class:`tuner.search.FailureReasons`, so the state it records is the one Optuna was told
+    (``outcomes``, the search's record of each trial's end).
     A tracking error is reported (``warn``) and the study goes on: Optuna still holds every trial.
     """
 
-    def __init__(self, tracker: Tracker, search: StudySearch) -> None:
-        self._tracker, self._search = tracker, search
+    def __init__(self, tracker: Tracker, outcomes: Mapping[str, TrialOutcome]) -> None:
+        self._tracker, self._outcomes = tracker, outcomes
         for name in ("on_trial_start", "on_trial_result", "on_trial_complete", "on_trial_error"):
             setattr(self, name, self._guarded(getattr(self, name)))
 
@@ -421,7 +421,7 @@ class TrackingCallback(tune.Callback):
         self._end(trial)
 
     def _end(self, trial: Trial) -> None:
-        outcome = self._search.outcomes.get(trial.trial_id)
+        outcome = self._outcomes.get(trial.trial_id)
         if outcome is not None:
             self._tracker.end_trial(trial.trial_id, outcome)
 
@@ -450,10 +450,3 @@ def _text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
-
-
-def _best(points: list[tuple[int, float]] | None, key: str) -> Any:
-    if not points:
-        return ""
-    values = [v for _, v in points]
-    return max(values) if "accuracy" in key else min(values)

@@ -35,7 +35,7 @@ def train_trial(config: dict[str, Any], data: Dataset, *, threads: int = 1, prun
     ``data``, ``threads`` and ``pruning`` arrive through ``tune.with_parameters``: the driver put the data
     in Ray's object store once, and every trial on every worker reads that same copy.
     """
-    from tuner import model  # TensorFlow is imported on the workers only.
+    from tuner import engine, model  # TensorFlow is imported on the workers only.
 
     model.configure_threads(threads)
     model.use_gpu_memory_growth()
@@ -43,7 +43,7 @@ def train_trial(config: dict[str, Any], data: Dataset, *, threads: int = 1, prun
     every = int(config.get("checkpoint_every", 1))
     node = ray.get_runtime_context().get_node_id()  # which Ray node trained it, for the record
 
-    def report(metrics: dict[str, Any], snapshot: model.Snapshot) -> None:
+    def report(metrics: dict[str, Any], snapshot: engine.Snapshot) -> None:
         metrics = {**metrics, "node_id": node}
         epoch = metrics["epoch"]
         if STOP_REASON in metrics or (epoch % every and epoch < epochs):  # nothing to resume, or not yet
@@ -64,4 +64,4 @@ def train_trial(config: dict[str, Any], data: Dataset, *, threads: int = 1, prun
     if start is None and config.get("resume_from"):
         start = tune.Checkpoint(config["resume_from"])
     with start.as_directory() if start is not None else contextlib.nullcontext() as directory:
-        model.train(data, config, report=report, divergence=divergence, resume=directory)
+        engine.train(data, config, report=report, divergence=divergence, resume=directory)

@@ -30,7 +30,7 @@ SETTINGS: list[tuple[str, dict[str, Any]]] = [
 
 
 def record(dataset: str, seed: int, epochs: int = 15) -> list[dict[str, Any]]:
-    from tuner import model
+    from tuner import engine
     from tuner.data import load_dataset
     from tuner.spec import parse_spec
 
@@ -40,7 +40,7 @@ def record(dataset: str, seed: int, epochs: int = 15) -> list[dict[str, Any]]:
         history: list[dict[str, Any]] = []
         config = {"optimizer": name, name: params, "layers": 1, "units": 128, "activation": "relu"}
         config.update(dropout=0.0, batch_size=64, epochs=epochs, seed=seed)
-        model.train(data, config, lambda metrics, net, into=history: into.append(metrics))
+        engine.train(data, config, lambda metrics, net, into=history: into.append(metrics))
         loss = [h["loss"] if h["loss"] is not None else math.nan for h in history]
         val = [h["val_loss"] if h["val_loss"] is not None else math.nan for h in history]
         curves.append({"source": f"{dataset} seed {seed}: {name} {params}", "loss": loss, "val_loss": val, "label": ""})
