@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tuner.data import load_dataset
-from tuner.spec import BUILTIN_DATASETS, parse_spec
+from tuner.data import DATASETS, load_dataset
+from tuner.spec import parse_spec
 
 from .conftest import write
 
@@ -15,7 +15,7 @@ def data_of(doc: dict, base: Path | None = None):
     return parse_spec({"data": doc, "optimizers": {"adam": {}}}, base=base).data
 
 
-@pytest.mark.parametrize("name", sorted(BUILTIN_DATASETS))
+@pytest.mark.parametrize("name", sorted(DATASETS))
 def test_every_builtin_dataset_loads_split_and_standardised(name: str) -> None:
     ds = load_dataset(data_of({"dataset": name, "validation_split": 0.25}), seed=0)
     n = len(ds.x_train) + len(ds.x_val)
@@ -24,7 +24,7 @@ def test_every_builtin_dataset_loads_split_and_standardised(name: str) -> None:
     varying = ds.x_train.std(axis=0) > 0
     assert np.allclose(ds.x_train.mean(axis=0), 0, atol=1e-4)
     assert np.allclose(ds.x_train.std(axis=0)[varying], 1, atol=1e-3)
-    assert ds.task == BUILTIN_DATASETS[name]
+    assert ds.task == DATASETS[name].task
     if ds.task == "classification":
         assert ds.y_train.dtype == np.int32
         assert set(np.unique(ds.y_train)) == set(range(ds.n_classes)) and ds.n_classes >= 2

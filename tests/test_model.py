@@ -10,6 +10,7 @@ import pytest
 
 from tuner import engine, model
 from tuner.data import Dataset, load_dataset
+from tuner.optimizers import OPTIMIZERS
 from tuner.spec import parse_spec
 
 keras = model.keras
@@ -46,7 +47,7 @@ def test_unset_hyperparameters_keep_keras_defaults(name: str, params: dict, expe
         assert got[key] == pytest.approx(value), key
 
 
-@pytest.mark.parametrize("name", ["sgd", "rmsprop", "adam"])
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_decay_is_the_classic_keras_decay(name: str) -> None:
     """lr_t = lr / (1 + decay * t), t the number of updates so far."""
     optimizer = model.build_optimizer(name, {"learning_rate": 0.1, "decay": 0.5})
@@ -113,6 +114,10 @@ EQUIVALENT = [
     ("adam", {"learning_rate": 0.003, "amsgrad": True}),
     ("adam", {}),  # Keras' defaults; 1 - 0.999 in float32 would already drift from Keras
 ]
+
+
+def test_the_equivalence_cases_cover_every_registered_optimizer() -> None:
+    assert {name for name, _ in EQUIVALENT} == set(OPTIMIZERS)
 
 
 @pytest.mark.parametrize(("name", "params"), EQUIVALENT, ids=[f"{n}-{sorted(p)}" for n, p in EQUIVALENT])

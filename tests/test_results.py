@@ -35,6 +35,16 @@ def test_curves_keep_nan_for_the_diagnosis_and_finite_points_for_the_records() -
     assert curves.last_epoch(7) == 3 and curves.last_epoch(8) is None and curves.history(8) == {}
 
 
+def test_curves_forget_the_epochs_a_resumed_trial_trains_again() -> None:
+    import numpy as np
+
+    curves = Curves()
+    for epoch in (1, 2, 3, 4):
+        curves.record(3, {"epoch": epoch, "loss": np.float32(1.0 / epoch)})  # numpy numbers are numbers
+    curves.truncate(3, after=2)
+    assert curves.history(3) == {"loss": [(1, 1.0), (2, 0.5)]} and curves.last_epoch(3) == 2
+
+
 def test_the_results_module_imports_nothing_heavy() -> None:
     heavy = "('ray', 'optuna', 'mlflow', 'tensorflow', 'matplotlib')"
     code = f"import sys, tuner.results; print(sorted(m for m in {heavy} if m in sys.modules))"

@@ -13,8 +13,9 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from tuner import run_study
+from tuner.optimizers import OPTIMIZERS
 from tuner.runner import QUIET_LOGGERS, RunOptions
-from tuner.spec import OPTIMIZERS, load_spec, parse_spec
+from tuner.spec import load_spec, parse_spec
 from tuner.trainable import train_trial
 
 from .conftest import ROOT
@@ -123,7 +124,7 @@ def test_regression_study_on_diabetes(tmp_path: Path) -> None:
     result = run_study(spec, workdir=tmp_path)
     assert result.counts()["complete"] == 2 and result.mode == "min"
     assert all(set(t.params) == {"optimizer", "learning_rate"} for t in result.trials)
-    assert set(OPTIMIZERS["rmsprop"]) >= {"learning_rate"}
+    assert set(OPTIMIZERS["rmsprop"].defaults()) >= {"learning_rate"}
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])

@@ -11,8 +11,10 @@ import pytest
 from optuna.trial import TrialState
 
 from tuner.errors import TunerError, UsageError
+from tuner.optimizers import OPTIMIZERS
+from tuner.plugins import SAMPLERS
 from tuner.search import StudySearch, check_compatible, make_sampler, open_storage
-from tuner.spec import OPTIMIZERS, SAMPLERS, Spec, parse_spec
+from tuner.spec import Spec, parse_spec
 
 CONTINUOUS = {
     "study": {"name": "s", "trials": 12},
@@ -82,7 +84,7 @@ def test_every_sampler_repeats_its_proposals_and_keeps_the_space_conditional(sam
     assert first == second
     for config in first:
         chosen = config["optimizer"]
-        assert set(config[chosen]) <= set(OPTIMIZERS[chosen])
+        assert set(config[chosen]) <= set(OPTIMIZERS[chosen].defaults())
         assert not any(name in config for name in OPTIMIZERS if name != chosen)
     if sampler == "grid":
         distinct = {

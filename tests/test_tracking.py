@@ -17,7 +17,8 @@ from PIL import Image
 
 from tuner import run_study
 from tuner.data import load_dataset
-from tuner.spec import OPTIMIZERS, load_spec, parse_spec
+from tuner.optimizers import OPTIMIZERS
+from tuner.spec import load_spec, parse_spec
 from tuner.trainable import train_trial
 
 from .conftest import ROOT, free_port, tuner_command, wait_for_http
@@ -46,7 +47,8 @@ def check_study_records(client: MlflowClient, summary: dict[str, Any], epochs: i
         assert child.info.status != "RUNNING"
         params = child.data.params
         chosen = params["optimizer"]
-        others = set().union(*(OPTIMIZERS[o] for o in OPTIMIZERS if o != chosen)) - set(OPTIMIZERS[chosen])
+        takes = {o: set(OPTIMIZERS[o].defaults()) for o in OPTIMIZERS}
+        others = set().union(*(takes[o] for o in takes if o != chosen)) - takes[chosen]
         assert not others & set(params), (chosen, params)
         number = int(child.data.tags["optuna.trial_number"])
         assert child.info.run_name == f"trial-{number:03d}-{chosen}"

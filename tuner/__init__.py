@@ -18,11 +18,12 @@ from tuner.results import StudyResult, TrialOutcome
 from tuner.spec import Spec, load_spec
 
 if _typing.TYPE_CHECKING:
-    from tuner.runner import run_study
+    from tuner.runner import RunOptions, run_study
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "RunOptions",
     "Spec",
     "SpecError",
     "StudyResult",
@@ -35,7 +36,7 @@ __all__ = [
 ]
 
 #: Names that load their module on first use: it imports Ray and Optuna.
-_LAZY = {"run_study": "tuner.runner"}
+_LAZY = {"RunOptions": "tuner.runner", "run_study": "tuner.runner"}
 
 
 def __getattr__(name: str) -> _typing.Any:

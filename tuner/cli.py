@@ -20,7 +20,7 @@ from tuner.spec import load_spec
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: Set in ``click.Context.meta`` (shared by a command and its group) by ``--verbose``.
+#: Set in ``click.Context.meta`` (shared by a command and its group) by the commands that take ``--verbose``.
 VERBOSE = "tuner.verbose"
 
 
@@ -41,9 +41,9 @@ class _Group(click.Group):
             click.echo("interrupted", err=True)
             sys.exit(130)
         except Exception as exc:  # the CLI's last line of defence
-            verbose = self._trace(ctx)
+            self._trace(ctx)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            hint = "" if verbose else " (run with --verbose for the full trace)"
+            hint = " (run with --verbose for the full trace)" if ctx.meta.get(VERBOSE) is False else ""
             click.echo(f"error: {type(exc).__name__}: {first}{hint}", err=True)
             sys.exit(1)
 

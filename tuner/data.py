@@ -1,21 +1,24 @@
 """Built-in and user datasets as numpy arrays: split with a seed, standardised on the training part.
 
-No TensorFlow here: the driver loads the data once and Ray's object store hands it to every worker.
+No TensorFlow here: the driver loads the data once and Ray's object store hands it to every worker. numpy is
+imported where arrays are made, so that validating a spec (which reads ``Data`` and ``DATASETS``) does not.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from tuner.errors import SpecError
 
-__all__ = ["Data", "DataFileError", "Dataset", "csv_columns", "load_dataset", "resolve_task"]
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = ["DATASETS", "Builtin", "Data", "DataFileError", "Dataset", "csv_columns", "load_dataset", "resolve_task"]
 
 #: An integer target with at most this many distinct values is read as class labels.
 MAX_INFERRED_CLASSES = 20
@@ -80,6 +83,8 @@ def load_dataset(data: Data, *, seed: int, source: str = "<spec>") -> Dataset:
     Raises:
         SpecError: a user file that cannot be read as a dataset.
     """
+    import numpy as np
+
     try:
         x, y, task = _arrays(data, seed)
     except DataFileError as exc:
@@ -110,29 +115,65 @@ def _arrays(data: Data, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
         assert data.path is not None
         x, y = _read_npz(Path(data.path))
         return x, y, data.task
-    if data.dataset == "synthetic":
-        from sklearn.datasets import make_classification
+    builtin = DATASETS[data.dataset]
+    x, y = builtin.load(data, seed)
+    return x, y, builtin.task
 
-        x, y = make_classification(
-            n_samples=data.n_samples,
-            n_features=data.n_features,
-            n_informative=data.n_features,
-            n_redundant=0,
-            n_repeated=0,
-            n_classes=data.n_classes,
-            n_clusters_per_class=1,
-            random_state=seed if data.seed is None else data.seed,
-        )
-        return x, y, "classification"
-    from sklearn import datasets
 
-    x, y = getattr(datasets, f"load_{data.dataset}")(return_X_y=True)
-    return x, y, data.task
+def _synthetic(data: Data, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(
+        n_samples=data.n_samples,
+        n_features=data.n_features,
+        n_informative=data.n_features,
+        n_redundant=0,
+        n_repeated=0,
+        n_classes=data.n_classes,
+        n_clusters_per_class=1,
+        random_state=seed if data.seed is None else data.seed,
+    )
+    return x, y
+
+
+def _scikit_learn(name: str) -> Callable[[Data, int], tuple[np.ndarray, np.ndarray]]:
+    def load(data: Data, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        from sklearn import datasets
+
+        x, y = getattr(datasets, f"load_{name}")(return_X_y=True)
+        return x, y
+
+    return load
+
+
+@dataclass(frozen=True)
+class Builtin:
+    """A dataset a spec names (``data.dataset``): its task, and ``load(data, seed)`` for its arrays."""
+
+    name: str
+    task: str
+    summary: str
+    load: Callable[[Data, int], tuple[np.ndarray, np.ndarray]]
+
+
+#: Every built-in dataset; a spec may also name a user file, ``csv:PATH`` or ``npz:PATH``.
+DATASETS: dict[str, Builtin] = {
+    d.name: d
+    for d in (
+        Builtin("digits", "classification", "8x8 handwritten digits, 1797 x 64, 10 classes", _scikit_learn("digits")),
+        Builtin("iris", "classification", "150 x 4, 3 classes", _scikit_learn("iris")),
+        Builtin("wine", "classification", "178 x 13, 3 classes", _scikit_learn("wine")),
+        Builtin("breast_cancer", "classification", "569 x 30, 2 classes", _scikit_learn("breast_cancer")),
+        Builtin("diabetes", "regression", "442 x 10, a disease progression score", _scikit_learn("diabetes")),
+        Builtin("synthetic", "classification", "scikit-learn's make_classification, sized by the spec", _synthetic),
+    )
+}
 
 
 def _split(
     x: np.ndarray, y: np.ndarray, fraction: float, seed: int, *, stratify: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    import numpy as np
     from sklearn.model_selection import train_test_split
 
     n_val = math.ceil(len(x) * fraction)
@@ -150,6 +191,8 @@ def csv_columns(path: Path) -> list[str]:
 
 
 def _read_csv(path: Path, target: str) -> tuple[np.ndarray, np.ndarray]:
+    import numpy as np
+
     with path.open(newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
     if not rows:
@@ -187,6 +230,8 @@ def _read_csv(path: Path, target: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _labels(values: list[str]) -> np.ndarray:
+    import numpy as np
+
     try:
         numbers = np.array([float(v) for v in values])
     except ValueError:
@@ -197,6 +242,8 @@ def _labels(values: list[str]) -> np.ndarray:
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import numpy as np
+
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
@@ -221,6 +268,8 @@ def resolve_task(kind: str, path: Path, target: str | None, task: str | None) ->
     Raises:
         DataFileError: the file cannot be read as a dataset, or cannot serve the given task.
     """
+    import numpy as np
+
     if kind == "csv":
         assert target is not None
         _, y = _read_csv(path, target)

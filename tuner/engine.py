@@ -18,14 +18,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tuner.model import (
-    KERAS_HYPERPARAMETERS,
-    OPTIMIZER_CLASSES,
     build_model,
     build_optimizer,
     hyperparameters,
     keras,
     tf,
 )
+from tuner.optimizers import OPTIMIZERS
 from tuner.pruning import Divergence
 
 if TYPE_CHECKING:
@@ -67,9 +66,10 @@ class Shape:
         )
 
 
-_HYPER = KERAS_HYPERPARAMETERS
+#: The numeric hyperparameters of every registered optimizer: a variable each in the compiled graph.
+_HYPER = tuple(dict.fromkeys(h.name for o in OPTIMIZERS.values() for h in o.hyperparameters if not h.is_flag))
 _COMPLEMENTS = ("rho", "beta_1", "beta_2")
-_OPTIMIZERS = tuple(OPTIMIZER_CLASSES)  # the switch_case branch of each optimizer type
+_OPTIMIZERS = tuple(OPTIMIZERS)  # the switch_case branch of each optimizer type
 
 
 class Engine:
@@ -86,7 +86,7 @@ class Engine:
             dropout=shape.dropout,
         )
         self.weights = list(self.net.trainable_variables)
-        names = (*_HYPER, "decay", *(f"1-{k}" for k in _COMPLEMENTS))
+        names = (*_HYPER, *(f"1-{k}" for k in _COMPLEMENTS))
         self.hyper = {k: tf.Variable(0.0, trainable=False, name=k.replace("-", "_minus_")) for k in names}
         self.optimizer = tf.Variable(0, dtype=tf.int32, trainable=False, name="optimizer")
         self.nesterov = tf.Variable(False, trainable=False, name="nesterov")
@@ -163,7 +163,8 @@ class Engine:
 
     def _apply(self, grads: list[tf.Tensor]) -> None:
         lr = self._lr()
-        branches = [lambda rule=rule: rule(grads, lr) for rule in (self._sgd, self._rmsprop, self._adam)]
+        rules = [getattr(self, f"_{name}") for name in _OPTIMIZERS]  # each optimizer's update rule, by name
+        branches = [lambda rule=rule: rule(grads, lr) for rule in rules]
         tf.switch_case(self.optimizer.read_value(), branches)
         self.iterations.assign_add(1)
 

@@ -6,11 +6,12 @@ It runs on the workers only: the driver never loads TensorFlow. :mod:`tuner.engi
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
+
+from tuner.optimizers import OPTIMIZERS
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -39,7 +40,6 @@ with _silent_stderr():
     import tensorflow as tf
 
 __all__ = [
-    "KERAS_HYPERPARAMETERS",
     "OPTIMIZER_CLASSES",
     "build_model",
     "build_optimizer",
@@ -50,10 +50,9 @@ __all__ = [
     "tf",
 ]
 
+#: Each registered optimizer's Keras class (tuner.optimizers names it).
 OPTIMIZER_CLASSES: dict[str, type[keras.optimizers.Optimizer]] = {
-    "sgd": keras.optimizers.SGD,
-    "rmsprop": keras.optimizers.RMSprop,
-    "adam": keras.optimizers.Adam,
+    o.name: getattr(keras.optimizers, o.keras_class) for o in OPTIMIZERS.values()
 }
 
 _configured: int | None = None
@@ -94,7 +93,7 @@ def build_optimizer(name: str, params: Mapping[str, Any]) -> keras.optimizers.Op
     kwargs = dict(params)
     decay = float(kwargs.pop("decay", 0.0))
     if decay > 0:
-        lr = kwargs.pop("learning_rate", inspect.signature(cls).parameters["learning_rate"].default)
+        lr = kwargs.pop("learning_rate", OPTIMIZERS[name].hyperparameter("learning_rate").default)
         kwargs["learning_rate"] = keras.optimizers.schedules.InverseTimeDecay(lr, decay_steps=1, decay_rate=decay)
     return cls(**kwargs)
 
@@ -123,14 +122,6 @@ def build_model(
     return keras.Sequential(stack)
 
 
-#: The hyperparameters of the Keras optimizers that tuner searches, by their Keras names.
-KERAS_HYPERPARAMETERS = ("learning_rate", "momentum", "rho", "epsilon", "beta_1", "beta_2")
-
-
 def hyperparameters(name: str, given: Mapping[str, Any]) -> dict[str, Any]:
     """An optimizer's hyperparameters: the trial's, then Keras' defaults for the rest (and decay 0)."""
-    signature = inspect.signature(OPTIMIZER_CLASSES[name])
-    params = {
-        k: p.default for k, p in signature.parameters.items() if k in (*KERAS_HYPERPARAMETERS, "nesterov", "amsgrad")
-    }
-    return {**params, "decay": 0.0, **given}
+    return {**OPTIMIZERS[name].defaults(), **given}

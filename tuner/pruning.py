@@ -15,7 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+from tuner.plugins import SCHEDULERS
 
 if TYPE_CHECKING:
     from ray.tune.execution.tune_controller import TuneController
@@ -89,36 +91,11 @@ class Divergence:
 
 
 def make_scheduler(pruning: Pruning, *, metric: str, mode: str, epochs: int) -> TrialScheduler:
-    """The Ray Tune scheduler a spec asks for, deciding by epochs (the ``epoch`` result), not wall-clock,
-    and only ever shown finite values (see :func:`finite_only`).
-
-    ``hyperband`` is Ray Tune's AsyncHyperBandScheduler with several brackets: the synchronous
-    HyperBandScheduler pauses trials to resume them later, which buys nothing with a searcher that
-    learns from every finished trial and costs a checkpoint round-trip per pause.
-    """
-    grace = min(pruning.grace_epochs, epochs)
-    factor = pruning.reduction_factor
-    inner: TrialScheduler
-    if pruning.scheduler in ("asha", "hyperband"):
-        brackets = 1
-        if pruning.scheduler == "hyperband":
-            brackets = max(1, min(3, int(math.log(max(epochs / grace, 1.0), factor)) + 1))
-        inner = AsyncHyperBandScheduler(
-            time_attr="epoch",
-            metric=metric,
-            mode=mode,
-            max_t=epochs,
-            grace_period=grace,
-            reduction_factor=factor,
-            brackets=brackets,
-        )
-    elif pruning.scheduler == "median":
-        inner = MedianStoppingRule(
-            time_attr="epoch", metric=metric, mode=mode, grace_period=grace, min_samples_required=3
-        )
-    else:
-        return FIFOScheduler()
-    return finite_only(inner, metric)
+    """The Ray Tune scheduler a spec asks for (see :data:`tuner.plugins.SCHEDULERS`), deciding by epochs, not
+    wall-clock, and only ever shown finite values (see :func:`finite_only`)."""
+    build = SCHEDULERS[pruning.scheduler].build
+    inner = build(metric, mode, epochs, pruning.grace_epochs, pruning.reduction_factor)
+    return FIFOScheduler() if inner is None else finite_only(inner, metric)
 
 
 def finite_only(scheduler: TrialScheduler, metric: str) -> TrialScheduler:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from tuner.optimizers import OPTIMIZERS
 from tuner.results import CURVE_METRICS, Curve, Launch, StudyResult, TrialOutcome
 
 if TYPE_CHECKING:
@@ -42,7 +43,6 @@ DIAGNOSIS_COLORS = {
     "oscillating": "tab:orange",
     "diverged": "tab:red",
 }
-OPTIMIZER_MARKERS = {"sgd": "o", "rmsprop": "s", "adam": "^"}
 
 
 def fmt(value: Any) -> str:
@@ -127,7 +127,7 @@ def plot_loss_curves(curves: Mapping[int, Curve], path: Path, *, metric: str = "
     positive = True
     for _, curve in sorted(curves.items()):
         color = DIAGNOSIS_COLORS.get(curve.diagnosis or "", "tab:gray")
-        marker = OPTIMIZER_MARKERS.get(curve.optimizer, ".")
+        marker = _marker(curve.optimizer)
         done = curve.state == "complete"
         for ax, key in zip(axes, ("val_loss", "loss"), strict=True):
             points = curve.history.get(key)
@@ -150,7 +150,7 @@ def plot_loss_curves(curves: Mapping[int, Curve], path: Path, *, metric: str = "
     labels = [d for d in DIAGNOSIS_COLORS if any(c.diagnosis == d for c in curves.values())]
     handles = [Line2D([], [], color=DIAGNOSIS_COLORS[d], label=d) for d in labels]
     optimizers = sorted({c.optimizer for c in curves.values()})
-    handles += [Line2D([], [], color="gray", marker=OPTIMIZER_MARKERS.get(o, "."), label=o) for o in optimizers]
+    handles += [Line2D([], [], color="gray", marker=_marker(o), label=o) for o in optimizers]
     handles += [
         Line2D([], [], color="black", label="complete"),
         Line2D([], [], color="black", linestyle=":", marker="x", label="pruned / failed"),
@@ -160,6 +160,10 @@ def plot_loss_curves(curves: Mapping[int, Curve], path: Path, *, metric: str = "
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _marker(optimizer: str) -> str:
+    return OPTIMIZERS[optimizer].marker if optimizer in OPTIMIZERS else "."
 
 
 def plot_study(study: optuna.Study, out: Path) -> list[Path]:

@@ -7,6 +7,7 @@ program reading a result) can use these types without loading Ray, Optuna, MLflo
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,9 +108,9 @@ class Curve:
 class Curves:
     """Every trial's per-epoch metrics (:data:`CURVE_METRICS`) by Optuna trial number, kept once on the driver.
 
-    The search records each result as it arrives (it sees every result first) and diagnoses each curve from
-    here; on resume the MLflow records add what an earlier launch logged; the plots and ``trials.csv`` read it.
-    A metric a result holds but not as a finite number (a diverged epoch's) is kept as NaN.
+    The search records every result it is given (each epoch's, the last through ``on_trial_complete``) and
+    diagnoses each curve from here; on resume the MLflow records add what an earlier launch logged; the plots
+    and ``trials.csv`` read it. A metric a result holds but not as a number (a diverged epoch's) is NaN.
     """
 
     def __init__(self) -> None:
@@ -122,8 +123,13 @@ class Curves:
         for key in CURVE_METRICS:
             if key in result:
                 value = result[key]
-                number_ = float(value) if isinstance(value, (int, float)) else math.nan
-                points.setdefault(key, {})[epoch] = number_
+                points.setdefault(key, {})[epoch] = float(value) if isinstance(value, numbers.Real) else math.nan
+
+    def truncate(self, number: int, after: int) -> None:
+        """Forget trial ``number``'s epochs after ``after``: it trains them again (from a checkpoint, or anew)."""
+        for points in self._points.get(number, {}).values():
+            for epoch in [e for e in points if e > after]:
+                del points[epoch]
 
     def values(self, number: int, key: str) -> list[float]:
         """A metric's values by epoch, NaN included (what the diagnosis reads)."""

@@ -41,7 +41,7 @@ from tuner.search import (
 from tuner.spec import Spec, parse_spec
 from tuner.trainable import STOP_REASON, WORKER_ENV, train_trial
 
-__all__ = ["resume_study", "run_study"]
+__all__ = ["RunOptions", "resume_study", "run_study"]
 
 #: Set by Ray in a job's driver (its job configuration, runtime environment included).
 JOB_CONFIG_VARIABLE = "RAY_JOB_CONFIG_JSON_ENV_VAR"

@@ -22,6 +22,7 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from tuner.errors import TunerError, UsageError
+from tuner.plugins import SAMPLERS
 from tuner.pruning import diagnose
 from tuner.results import Curves, TrialOutcome
 from tuner.space import SearchSpace, plain_params
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from tuner.spec import Spec
 
 __all__ = [
-    "STATES",
+    "OPTUNA_STATES",
     "Adopted",
     "FailureReasons",
     "StudySearch",
@@ -44,7 +45,7 @@ __all__ = [
 ]
 
 #: Optuna's states in the words tuner prints, tags and counts.
-STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
+OPTUNA_STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
 
 
 def outcome_of(trial: optuna.trial.FrozenTrial) -> TrialOutcome:
@@ -52,7 +53,7 @@ def outcome_of(trial: optuna.trial.FrozenTrial) -> TrialOutcome:
     attrs = trial.user_attrs
     return TrialOutcome(
         number=trial.number,
-        state=STATES.get(trial.state, trial.state.name.lower()),
+        state=OPTUNA_STATES.get(trial.state, trial.state.name.lower()),
         value=trial.value if trial.state == TrialState.COMPLETE else None,
         epochs=int(attrs.get("epochs", 0)),
         params=plain_params(trial.params),
@@ -64,37 +65,16 @@ def outcome_of(trial: optuna.trial.FrozenTrial) -> TrialOutcome:
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    """An Optuna sampler by the name a spec uses, seeded.
-
-    ``grid`` is Optuna's BruteForceSampler, which walks define-by-run (conditional) spaces exhaustively;
-    GridSampler needs one flat grid over every optimizer's parameters at once.
+    """An Optuna sampler by the name a spec uses (see :data:`tuner.plugins.SAMPLERS`), seeded.
 
     Raises:
-        TunerError: ``gp`` without PyTorch installed.
+        TunerError: the sampler needs a package that is not installed (``gp`` needs PyTorch).
     """
-    samplers = optuna.samplers
-    with warnings.catch_warnings():
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}")
+    with warnings.catch_warnings():  # some of Optuna's samplers are marked experimental; they work
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if name == "tpe":
-            # group=True: TPE models each optimizer's parameters apart, as the space is conditional.
-            return samplers.TPESampler(seed=seed, multivariate=True, group=True)
-        if name == "random":
-            return samplers.RandomSampler(seed=seed)
-        if name == "grid":
-            return samplers.BruteForceSampler(seed=seed)
-        if name == "cmaes":
-            return samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-        if name == "qmc":
-            return samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
-        if name == "gp":
-            try:
-                import torch  # noqa: F401
-            except ImportError:
-                raise TunerError(
-                    "the gp sampler needs PyTorch (Optuna's GPSampler runs on it): pip install 'tuner[gp]'"
-                ) from None
-            return samplers.GPSampler(seed=seed)
-    raise ValueError(f"unknown sampler {name!r}")
+        return SAMPLERS[name].build(seed)
 
 
 def check_storage_url(url: str) -> str:
@@ -259,9 +239,14 @@ class StudySearch(Searcher):
             trial = self._trials[trial_id]
         elif self._adopt:
             adopted = self._adopt.pop(0)
-            trial = optuna.trial.Trial(self.study, self._optuna_id(adopted.number))
-            self._reported[trial_id] = set(self._storage.get_trial(self._optuna_id(adopted.number)).intermediate_values)
+            optuna_id = self._optuna_id(adopted.number)
+            # Optuna's Trial for a trial the study already holds: the public class that study.ask() returns,
+            # made for the existing trial (ask-and-tell has no call that re-opens a RUNNING trial).
+            trial = optuna.trial.Trial(self.study, optuna_id)
+            self._reported[trial_id] = set(self._storage.get_trial(optuna_id).intermediate_values)
             resume_from = adopted.checkpoint
+            if resume_from is None:  # it trains again from its first epoch: what it logged before goes
+                self.curves.truncate(adopted.number, 0)
         else:
             trial = self.study.ask()
         self._trials[trial_id] = trial
@@ -292,6 +277,8 @@ class StudySearch(Searcher):
         """
         if "epoch" not in result:
             return
+        if "resumed_from_epoch" in result:  # epochs after its checkpoint are trained again
+            self.curves.truncate(self._trials[trial_id].number, int(result["resumed_from_epoch"]))
         for earlier in result.get("history") or ():  # a resumed trial: its curve so far, which Optuna may lack
             self._record(trial_id, earlier)
         self._record(trial_id, result)

@@ -21,8 +21,10 @@ from typing import Any
 import yaml
 
 from tuner import data as datamod
-from tuner.data import Data
+from tuner.data import DATASETS, Data
 from tuner.errors import SpecError, UsageError, show, shown
+from tuner.optimizers import OPTIMIZERS, Hyperparameter
+from tuner.plugins import SAMPLERS, SCHEDULERS
 
 __all__ = [
     "Choice",
@@ -302,15 +304,6 @@ def _value_doc(value: Value) -> Any:
 # --------------------------------------------------------------------------------------------- tables
 
 METRICS = {"loss": "min", "val_loss": "min", "accuracy": "max", "val_accuracy": "max", "mae": "min", "val_mae": "min"}
-SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp", "qmc")
-BUILTIN_DATASETS = {
-    "digits": "classification",
-    "iris": "classification",
-    "wine": "classification",
-    "breast_cancer": "classification",
-    "diabetes": "regression",
-    "synthetic": "classification",
-}
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "selu", "gelu", "silu", "swish", "leaky_relu", "softplus", "linear")
 TASKS = ("classification", "regression")
 
@@ -328,30 +321,19 @@ class _Rule:
 _POSITIVE = _Rule("float", "must be > 0", lambda v: v > 0)
 _NONNEGATIVE = _Rule("float", "must be >= 0", lambda v: v >= 0)
 _BELOW_ONE = _Rule("float", "must be in [0, 1)", lambda v: 0 <= v < 1)
-_MOMENTUM = _Rule("float", "must be in [0, 1]", lambda v: 0 <= v <= 1)
 _BOOL = _Rule("bool")
 _AT_LEAST_1 = _Rule("int", "must be at least 1", lambda v: v >= 1)
 _SEED = _Rule("int", "must be >= 0", lambda v: v >= 0)
 
-#: The optimizers tuner builds and the hyperparameters each takes, as in the classic Keras API.
-OPTIMIZERS: dict[str, dict[str, _Rule]] = {
-    "sgd": {"learning_rate": _POSITIVE, "momentum": _MOMENTUM, "nesterov": _BOOL, "decay": _NONNEGATIVE},
-    "rmsprop": {
-        "learning_rate": _POSITIVE,
-        "rho": _BELOW_ONE,
-        "momentum": _MOMENTUM,
-        "epsilon": _POSITIVE,
-        "decay": _NONNEGATIVE,
-    },
-    "adam": {
-        "learning_rate": _POSITIVE,
-        "beta_1": _BELOW_ONE,
-        "beta_2": _BELOW_ONE,
-        "epsilon": _POSITIVE,
-        "amsgrad": _BOOL,
-        "decay": _NONNEGATIVE,
-    },
-}
+
+def _rule_of(hyperparameter: Hyperparameter) -> _Rule:
+    if hyperparameter.is_flag:
+        return _BOOL
+    return _Rule("float", f"must be {hyperparameter.rule()}", hyperparameter.allows)
+
+
+#: What each optimizer's hyperparameters accept, from the registry (tuner.optimizers).
+_OPTIMIZER_RULES = {o.name: {h.name: _rule_of(h) for h in o.hyperparameters} for o in OPTIMIZERS.values()}
 _ALIASES = {"lr": "learning_rate", "sgd_momentum": "momentum"}
 
 _MODEL_RULES = {
@@ -576,7 +558,7 @@ class _Reader:
         concurrency = node.get("concurrency")
         if concurrency is not None:
             concurrency = self.scalar(concurrency, "study.concurrency", _AT_LEAST_1)
-        sampler = self.scalar(node.get("sampler", "tpe"), "study.sampler", _Rule("str", options=SAMPLERS))
+        sampler = self.scalar(node.get("sampler", "tpe"), "study.sampler", _Rule("str", options=tuple(SAMPLERS)))
         seed = self.scalar(node.get("seed", 0), "study.seed", _SEED)
         return Study(name, metric, mode, trials, concurrency, sampler, seed)
 
@@ -604,12 +586,12 @@ class _Reader:
                 raise self.fail(f"data.{key}", f"only applies to {usable} datasets", dataset)
         if kind in ("csv", "npz") and file:
             return self.file_data(node, kind, file, split)
-        if dataset not in BUILTIN_DATASETS:
-            known = (*BUILTIN_DATASETS, "csv:PATH", "npz:PATH")
+        if dataset not in DATASETS:
+            known = (*DATASETS, "csv:PATH", "npz:PATH")
             rule = f"unknown dataset{_hint(dataset, known)} (known: {', '.join(known)})"
             raise self.fail("data.dataset", rule, dataset)
         if dataset != "synthetic":
-            return Data(dataset, BUILTIN_DATASETS[dataset], split)
+            return Data(dataset, DATASETS[dataset].task, split)
         n_samples = self.scalar(
             node.get("n_samples", 1000), "data.n_samples", _Rule("int", "must be at least 10", lambda v: v >= 10)
         )
@@ -663,7 +645,7 @@ class _Reader:
             if name not in OPTIMIZERS:
                 known = tuple(OPTIMIZERS)
                 raise self.fail(path, f"unknown optimizer{_hint(str(name), known)} (known: {', '.join(known)})")
-            rules = OPTIMIZERS[name]
+            rules = _OPTIMIZER_RULES[name]
             if params is None:
                 params = {}
             if not isinstance(params, dict):
@@ -672,7 +654,7 @@ class _Reader:
             for key, raw in params.items():
                 if key not in rules:
                     takes = f"({name} takes {', '.join(rules)})"
-                    if any(key in other for other in OPTIMIZERS.values()):
+                    if any(key in other for other in _OPTIMIZER_RULES.values()):
                         raise self.fail(_join(path, key), f"{name} does not take {key} {takes}")
                     raise self.fail(_join(path, key), f"unknown hyperparameter{_hint(str(key), tuple(rules))} {takes}")
                 values.append((key, self.value(raw, _join(path, key), rules[key])))
@@ -711,7 +693,7 @@ class _Reader:
         scheduler = self.scalar(
             node.get("scheduler", "asha"),
             "pruning.scheduler",
-            _Rule("str", options=("asha", "hyperband", "median", "none")),
+            _Rule("str", options=tuple(SCHEDULERS)),
         )
         grace = self.scalar(node.get("grace_epochs", 2), "pruning.grace_epochs", _AT_LEAST_1)
         factor = self.scalar(

@@ -159,13 +159,13 @@ class Tracker:
         artifact_root: Path | None = None,
         warn: Callable[[str], None] | None = None,
         parent_run_id: str | None = None,
-        curves: Curves | None = None,
+        curves: Curves,
     ) -> None:
         self.spec, self.uri = spec, uri
         self.warn = warn or (lambda text: None)
         self.client = MlflowClient(tracking_uri=uri)
         #: The study's curves, which the search records; an interrupted launch's earlier ones are added here.
-        self.curve_store = curves if curves is not None else Curves()
+        self.curve_store = curves
         self.trials: dict[str, _TrialRecord] = {}
         self._by_number: dict[int, _TrialRecord] = {}
         self._ended: set[str] = set()
@@ -368,8 +368,8 @@ class Tracker:
             self.client.set_terminated(self.parent_run_id, "FAILED")
 
     def curves(self, result: StudyResult) -> dict[int, Curve]:
-        """Every trial's curves as logged (this launch's and, for a resumed launch, the earlier ones'), with how
-        each ended, by Optuna number: what the study's plots and table are drawn from."""
+        """Every trial's curves (this launch's and, for a resumed launch, the earlier ones'), with how each
+        ended, by Optuna number: what the study's plots and table are drawn from."""
         ends = {o.number: o for o in result.trials}
         curves = {}
         for number, record in self._by_number.items():
