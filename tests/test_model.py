@@ -10,7 +10,7 @@ import pytest
 
 from tuner import engine, model
 from tuner.data import Dataset, load_dataset
-from tuner.optimizers import OPTIMIZERS
+from tuner.optimizers import OPTIMIZERS, Bounds, Hyperparameter, OptimizerType
 from tuner.spec import parse_spec
 
 keras = model.keras
@@ -122,8 +122,12 @@ def test_the_equivalence_cases_cover_every_registered_optimizer() -> None:
 
 @pytest.mark.parametrize(("name", "params"), EQUIVALENT, ids=[f"{n}-{sorted(p)}" for n, p in EQUIVALENT])
 def test_the_engine_trains_exactly_as_keras_fit(name: str, params: dict[str, Any]) -> None:
-    """Same initial weights, same batch order: tuner's compiled engine and Keras' own optimizer under
-    model.fit agree on the loss of every epoch and on the weights after three."""
+    assert_trains_as_keras_fit(name, params)
+
+
+def assert_trains_as_keras_fit(name: str, params: dict[str, Any]) -> None:
+    """Same initial weights, same batch order: tuner's engine and Keras' own optimizer under model.fit agree
+    on the loss of every epoch and on the weights after three."""
     data = load_dataset(parse_spec({"data": {"dataset": "digits"}, "optimizers": {"adam": {}}}).data, seed=0)
     shape = engine.Shape(64, 10, layers=2, units=32, activation="relu", dropout=0.0)
     compiled = engine.Engine(shape)
@@ -162,8 +166,12 @@ def test_trials_of_one_architecture_share_one_trace(iris: Dataset) -> None:
 
 
 def test_a_resumed_trial_continues_exactly_where_its_checkpoint_left(iris: Dataset, tmp_path: Any) -> None:
-    """Six epochs straight, or three, a checkpoint, and three more from it: the same numbers."""
     cfg = config(epochs=6, optimizer="sgd", sgd={"learning_rate": 0.1, "momentum": 0.9, "decay": 0.01}, batch_size=8)
+    assert_resumes_exactly(iris, tmp_path, cfg)
+
+
+def assert_resumes_exactly(iris: Dataset, tmp_path: Any, cfg: dict[str, Any]) -> None:
+    """Six epochs straight, or three, a checkpoint, and three more from it: the same numbers."""
     straight = train(iris, cfg)
 
     def stop_after_three(metrics: dict[str, Any], snapshot: Any) -> None:
@@ -180,3 +188,29 @@ def test_a_resumed_trial_continues_exactly_where_its_checkpoint_left(iris: Datas
     for before, after in zip(straight[3:], resumed, strict=True):
         assert after["loss"] == before["loss"] and after["val_loss"] == before["val_loss"]
         assert after["lr"] == pytest.approx(before["lr"], rel=1e-7)
+
+
+def test_an_optimizer_without_an_engine_rule_trains_through_its_keras_optimizer(
+    iris: Dataset, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Adding an optimizer takes one registry entry: Adagrad, registered for this test only, has no update rule
+    in the engine, and still trains exactly as under Keras' fit, decay included, and resumes bit for bit."""
+    positive = Bounds(0.0, low_open=True)
+    adagrad = OptimizerType(
+        "adagrad",
+        "Adagrad",
+        (
+            Hyperparameter("learning_rate", 0.001, positive),
+            Hyperparameter("initial_accumulator_value", 0.1, Bounds(0.0)),
+            Hyperparameter("epsilon", 1e-7, positive),
+            Hyperparameter("decay", 0.0, Bounds(0.0)),
+        ),
+        marker="D",
+    )
+    monkeypatch.setitem(OPTIMIZERS, "adagrad", adagrad)
+    assert "adagrad" not in engine.COMPILED
+    assert_trains_as_keras_fit("adagrad", {"learning_rate": 0.05, "initial_accumulator_value": 0.2, "decay": 1e-3})
+    cfg = config(epochs=6, optimizer="adagrad", adagrad={"learning_rate": 0.1, "decay": 0.01}, batch_size=8)
+    assert_resumes_exactly(iris, tmp_path, cfg)
+    reports = train(iris, config(optimizer="adagrad", adagrad={"learning_rate": 0.1}))
+    assert reports[-1]["loss"] < reports[0]["loss"] and reports[0]["lr"] == pytest.approx(0.1)

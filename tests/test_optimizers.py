@@ -19,9 +19,9 @@ from .conftest import ROOT
 def test_every_optimizer_names_its_keras_class_and_keras_defaults(name: str) -> None:
     from tuner import model
 
-    signature = inspect.signature(model.OPTIMIZER_CLASSES[name]).parameters
+    signature = inspect.signature(model.keras_class(name)).parameters
     entry = OPTIMIZERS[name]
-    assert model.OPTIMIZER_CLASSES[name].__name__ == entry.keras_class
+    assert model.keras_class(name).__name__ == entry.keras_class
     for h in entry.hyperparameters:
         if h.name == "decay":  # classic Keras' decay, which tuner applies itself (0 is off)
             assert h.default == 0.0
@@ -40,8 +40,9 @@ def test_the_spec_enforces_each_bound_the_registry_gives(name: str) -> None:
                 parse_spec({"optimizers": {name: {h.name: 1.5}}})
             continue
         parse_spec({"optimizers": {name: {h.name: h.default}}})  # Keras' default is always allowed
-        outside = h.low if h.low_open else (h.low or 0.0) - 1.0
-        with pytest.raises(SpecError, match=re.escape(f"optimizers.{name}.{h.name}: must be {h.rule()}")):
+        assert h.bounds is not None and h.bounds.low is not None
+        outside = h.bounds.low if h.bounds.low_open else h.bounds.low - 1.0
+        with pytest.raises(SpecError, match=re.escape(f"optimizers.{name}.{h.name}: must be {h.bounds.rule()}")):
             parse_spec({"optimizers": {name: {h.name: outside}}})
 
 

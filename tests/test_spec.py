@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from tuner.errors import SpecError, UsageError
 from tuner.spec import Choice, Optimizer, Range, load_spec, parse_spec
@@ -41,9 +41,10 @@ def test_optimizers_yaml_keeps_each_optimizer_to_its_own_hyperparameters() -> No
     assert [o.name for o in spec.optimizers] == ["sgd", "rmsprop", "adam"]
     assert {k for k, _ in spec.optimizer("sgd").params} == {"learning_rate", "momentum", "nesterov", "decay"}
     lr = dict(spec.optimizer("adam").params)["learning_rate"]
-    assert lr == Range(1e-4, 1e-1, log=True)
-    assert dict(spec.searched())["units"] == Choice((64, 128))
-    assert dict(spec.searched())["layers"] == Range(1, 2, integer=True)
+    assert lr == Range(low=1e-4, high=1e-1, log=True)
+    assert dict(spec.searched())["units"] == Choice(choice=(64, 128))
+    layers = dict(spec.searched())["layers"]
+    assert layers == Range(low=1, high=2) and layers.integer
 
 
 def test_values_fixed_range_and_choice(tmp_path: Path) -> None:
@@ -63,9 +64,9 @@ model:
     )
     params = dict(spec.optimizer("sgd").params)
     assert params["learning_rate"] == 0.01
-    assert params["momentum"] == Range(0.0, 0.9, step=0.1)
-    assert params["nesterov"] == Choice((True, False))
-    assert spec.model.units == Range(32, 256, log=True, integer=True)
+    assert params["momentum"] == Range(low=0.0, high=0.9, step=0.1) and not params["momentum"].integer
+    assert params["nesterov"] == Choice(choice=(True, False))
+    assert spec.model.units == Range(low=32, high=256, log=True) and spec.model.units.integer
 
 
 def test_defaults_and_name_from_file(tmp_path: Path) -> None:
@@ -115,7 +116,7 @@ def test_npz_needs_x_and_y(tmp_path: Path) -> None:
 
 def test_spec_is_frozen(tmp_path: Path) -> None:
     spec = load_spec(write(tmp_path / "s.yaml", "optimizers: {adam: {}}\n"))
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(ValidationError, match="frozen"):
         spec.study.trials = 3  # type: ignore[misc]
 
 
@@ -130,6 +131,24 @@ def test_override_applies_and_checks_the_name(tmp_path: Path) -> None:
         str(info.value)
         == "--name: must be letters, digits, '.', '_' or '-', starting with a letter or digit (got 'a b')"
     )
+
+
+def test_override_checks_each_value_by_the_specs_own_rule(tmp_path: Path) -> None:
+    spec = load_spec(write(tmp_path / "s.yaml", "optimizers: {adam: {}}\n"))
+    with pytest.raises(UsageError) as info:
+        spec.override(trials=0)
+    assert str(info.value) == "--trials: must be at least 1 (got 0)"
+    with pytest.raises(UsageError, match=r"^--epochs: must be an integer \(got 2.5\)$"):
+        spec.override(epochs=2.5)
+
+
+def test_unknown_keys_are_named_before_other_faults_of_the_same_mapping() -> None:
+    with pytest.raises(SpecError) as info:
+        parse_spec({"optimizers": {"adam": {"learning_rate": {"low": 0.1, "hihg": 0.01}}}}, source="s.yaml")
+    assert str(info.value) == "s.yaml: optimizers.adam.learning_rate.hihg: unknown key; did you mean 'high'?"
+    with pytest.raises(SpecError) as info:
+        parse_spec({"model": {"activation": {"low": 1, "hgh": 2}}, "optimizers": {"adam": {}}}, source="s.yaml")
+    assert str(info.value) == "s.yaml: model.activation.hgh: unknown key; did you mean 'high'?"
 
 
 def test_describe_names_the_searched_space() -> None:

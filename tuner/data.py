@@ -26,18 +26,18 @@ MAX_INFERRED_CLASSES = 20
 
 @dataclass(frozen=True)
 class Data:
-    """Where a spec's examples come from: its ``data`` section, validated. ``path`` is absolute for ``csv:``
-    and ``npz:`` datasets."""
+    """Where a spec's examples come from: its ``data`` section, interpreted (the defaults are the spec's, in
+    :class:`tuner.spec.DataSection`). ``path`` is absolute for ``csv:`` and ``npz:`` datasets."""
 
     dataset: str
     task: str
-    validation_split: float = 0.2
-    path: str | None = None
-    target: str | None = None
-    n_samples: int = 1000
-    n_features: int = 20
-    n_classes: int = 2
-    seed: int | None = None
+    validation_split: float
+    path: str | None
+    target: str | None
+    n_samples: int  # n_samples, n_features, n_classes and seed serve the synthetic dataset only
+    n_features: int
+    n_classes: int
+    seed: int | None
 
     @property
     def label(self) -> str:

@@ -40,20 +40,22 @@ with _silent_stderr():
     import tensorflow as tf
 
 __all__ = [
-    "OPTIMIZER_CLASSES",
     "build_model",
     "build_optimizer",
     "configure_threads",
     "current_learning_rate",
     "hyperparameters",
     "keras",
+    "keras_class",
     "tf",
 ]
 
-#: Each registered optimizer's Keras class (tuner.optimizers names it).
-OPTIMIZER_CLASSES: dict[str, type[keras.optimizers.Optimizer]] = {
-    o.name: getattr(keras.optimizers, o.keras_class) for o in OPTIMIZERS.values()
-}
+
+def keras_class(name: str) -> type[keras.optimizers.Optimizer]:
+    """A registered optimizer's Keras class (tuner.optimizers names it)."""
+    cls: type[keras.optimizers.Optimizer] = getattr(keras.optimizers, OPTIMIZERS[name].keras_class)
+    return cls
+
 
 _configured: int | None = None
 
@@ -89,7 +91,7 @@ def build_optimizer(name: str, params: Mapping[str, Any]) -> keras.optimizers.Op
     Example:
         >>> build_optimizer("sgd", {"learning_rate": 0.1, "momentum": 0.9, "decay": 1e-3})  # doctest: +SKIP
     """
-    cls = OPTIMIZER_CLASSES[name]
+    cls = keras_class(name)
     kwargs = dict(params)
     decay = float(kwargs.pop("decay", 0.0))
     if decay > 0:

@@ -1,29 +1,51 @@
-"""A search written in YAML, validated into frozen objects.
+"""A search written in YAML, declared as frozen pydantic models and validated into them.
 
-Every error names the file, the key path, the rule and the value found::
+The models below are the schema: each key, its type, its bounds and its default are written there once. Every
+error names the file, the key path, the rule and the value found::
 
     search_spaces/x.yaml: optimizers.adam.beta_1: low must be below high (got low=0.99, high=0.9)
+
+:func:`_located` turns pydantic's first error into that line; the rules themselves raise :func:`_broken`.
 
 This module imports neither TensorFlow, Ray, Optuna nor MLflow, so that ``tuner validate`` stays fast.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, TypeVar
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PlainSerializer,
+    PrivateAttr,
+    Strict,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    WrapValidator,
+    create_model,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from tuner import data as datamod
 from tuner.data import DATASETS, Data
 from tuner.errors import SpecError, UsageError, show, shown
-from tuner.optimizers import OPTIMIZERS, Hyperparameter
+from tuner.optimizers import OPTIMIZERS, Bounds, OptimizerType
 from tuner.plugins import SAMPLERS, SCHEDULERS
 
 __all__ = [
@@ -42,107 +64,576 @@ __all__ = [
     "parse_spec",
 ]
 
+METRICS = {"loss": "min", "val_loss": "min", "accuracy": "max", "val_accuracy": "max", "mae": "min", "val_mae": "min"}
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "selu", "gelu", "silu", "swish", "leaky_relu", "softplus", "linear")
+TASKS = ("classification", "regression")
+_ALIASES = {"lr": "learning_rate", "sgd_momentum": "momentum"}
+#: The sections of a spec, in the order a file usually lists them (and :meth:`Spec.to_doc` writes them).
+_SECTIONS = ("study", "data", "model", "training", "optimizers", "pruning", "resources")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_NAME_RULE = "must be letters, digits, '.', '_' or '-', starting with a letter or digit"
+_NOTHING: Any = object()
 
-@dataclass(frozen=True)
-class Range:
-    """A range to search: ``{low, high}`` with optional ``log`` and ``step``."""
 
-    low: float
-    high: float
-    log: bool = False
-    step: float | None = None
-    integer: bool = False
+def _hint(word: str, known: tuple[str, ...] | list[str]) -> str:
+    alias = _ALIASES.get(word)
+    close = [alias] if alias in known else difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _broken(rule: str, got: Any = _NOTHING, *, key: str = "", path: str = "") -> PydanticCustomError:
+    """A rule a value breaks, for :func:`_located` to print. ``key`` extends the error's location (a model's
+    check naming one of its own keys); ``path`` replaces it (a check naming another section's key)."""
+    context: dict[str, Any] = {"rule": rule, "key": key, "path": path}
+    if got is not _NOTHING:
+        context["got"] = got
+    return PydanticCustomError("tuner", "{rule}", context)
+
+
+# --------------------------------------------------------------------------------------------- scalars
+
+_Bool = Annotated[bool, Strict()]
+_Str = Annotated[str, Strict()]
+
+
+_Check = Callable[[Any], Any]
+
+
+def _bounded(kind: type, bounds: Bounds) -> _Check:
+    """A check that a number (``kind``: int or float) is within ``bounds``."""
+    text = f"must be {bounds.rule(integer=kind is int)}"
+
+    def check(value: float) -> float:
+        if not bounds.allows(value):
+            raise _broken(text, value)
+        return value
+
+    return check
+
+
+def _among(options: tuple[str, ...]) -> _Check:
+    """A check that a string is one of ``options``."""
+
+    def check(value: str) -> str:
+        if value not in options:
+            raise _broken(f"must be one of {', '.join(options)}{_hint(value, options)}", value)
+        return value
+
+    return check
+
+
+def _within(kind: type, bounds: Bounds) -> Any:
+    return Annotated[kind, Strict(), AfterValidator(_bounded(kind, bounds))]
+
+
+def _one_of(options: tuple[str, ...]) -> Any:
+    return Annotated[str, Strict(), AfterValidator(_among(options))]
+
+
+def _valid_name(name: Any) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise _broken(_NAME_RULE, name)
+    return name
+
+
+_AtLeast1 = _within(int, Bounds(1))
+_Natural = _within(int, Bounds(0))
+_Name = Annotated[Any, AfterValidator(_valid_name)]
+
+
+# --------------------------------------------------------------------------------------------- models
+
+
+class _Frozen(BaseModel):
+    """A mapping in the spec: frozen, no unknown keys. The class variables say how errors describe it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: How an unknown-key error names this mapping: ``(resources takes cpus_per_trial, ...)``.
+    label: ClassVar[str] = "this mapping"
+    #: The rule for a value that is not a mapping at all.
+    shape: ClassVar[str] = "must be a mapping"
+
+    @classmethod
+    def unknown_key(cls, key: str) -> str:
+        known = tuple(cls.model_fields)
+        hint = _hint(key, known)
+        return f"unknown key{hint}" if hint else f"unknown key ({cls.label} takes {', '.join(known)})"
+
+    @classmethod
+    def missing_keys(cls, keys: list[str]) -> str:
+        return "missing"
+
+
+class _Section(_Frozen):
+    """A section, or a mapping within one, that may be left empty (``model:``): then every key has its default."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: Any, info: ValidationInfo) -> Any:
+        return cls._prepare({} if value is None else value, info.context or {})
+
+    @classmethod
+    def _prepare(cls, value: Any, context: dict[str, Any]) -> Any:
+        """The place for checks that must come before the keys' own (a subclass overrides it)."""
+        return value
+
+
+_Number = TypeVar("_Number")  # int or float
+
+
+class Range(_Frozen, Generic[_Number]):
+    """A range to search: ``{low, high}`` with optional ``log`` and ``step``. Integer when its ends are.
+
+    Its ends obey the hyperparameter's own rule too; :func:`_value` checks that once the range is consistent.
+    """
+
+    label: ClassVar[str] = "a range"
+    low: _Number
+    high: _Number
+    log: _Bool = Field(False, exclude_if=lambda log: not log)
+    step: _Number | None = Field(None, exclude_if=lambda step: step is None)
+
+    @classmethod
+    def missing_keys(cls, keys: list[str]) -> str:
+        return f"a range needs low and high; {' and '.join(keys)} missing"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Range[_Number]:
+        low, high, step = self.low, self.high, self.step
+        if not low < high:  # type: ignore[operator]
+            raise _broken("low must be below high", shown(f"low={show(low)}, high={show(high)}"))
+        if self.log and low <= 0:  # type: ignore[operator]
+            raise _broken("a log range needs low > 0", low, key="low")
+        if step is not None:
+            if step <= 0:  # type: ignore[operator]
+                raise _broken("must be > 0", step, key="step")
+            if self.log:
+                raise _broken("step and log cannot be combined", shown(f"step={show(step)}, log=true"))
+        return self
+
+    @property
+    def integer(self) -> bool:
+        return isinstance(self.low, int) and not isinstance(self.low, bool)
+
+    def __repr_name__(self) -> str:
+        return "Range"  # not Range[Annotated[float, Strict(strict=True), AfterValidator], ...]
 
     def __str__(self) -> str:
         extra = " log" if self.log else f" step {self.step:g}" if self.step is not None else ""
         return f"[{self.low:g}, {self.high:g}]{extra}"
 
 
-@dataclass(frozen=True)
-class Choice:
+_Value = TypeVar("_Value")
+
+
+class Choice(_Frozen, Generic[_Value]):
     """A choice to search: ``{choice: [...]}``."""
 
-    options: tuple[Any, ...]
+    label: ClassVar[str] = "a choice"
+    choice: tuple[_Value, ...] = Field(min_length=1)
+
+    @property
+    def options(self) -> tuple[Any, ...]:
+        return self.choice
+
+    @field_serializer("choice")
+    def _as_list(self, options: tuple[Any, ...]) -> list[Any]:
+        return list(options)  # YAML's safe dumper writes lists, not tuples
+
+    def __repr_name__(self) -> str:
+        return "Choice"
 
     def __str__(self) -> str:
         return "{" + ", ".join(show(o) for o in self.options) + "}"
 
 
 #: A hyperparameter as the spec gives it: fixed (a scalar), a range or a choice.
-Value = Range | Choice | bool | int | float | str
+Value = Range[Any] | Choice[Any] | bool | int | float | str
 
 
 def is_searched(value: Value) -> bool:
     return isinstance(value, (Range, Choice))
 
 
-@dataclass(frozen=True)
-class Study:
-    name: str
-    metric: str
-    mode: str
-    trials: int
-    concurrency: int | None
-    sampler: str
-    seed: int
+def _shape_of(value: Any) -> str | None:
+    """Which form a value takes (the tag of :func:`_value`'s union); ``None`` for a form none accepts."""
+    if isinstance(value, (Range, _NotARange)) or (isinstance(value, dict) and "choice" not in value):
+        return "(range)"
+    if isinstance(value, (Choice, dict)):
+        return "(choice)"
+    return None if value is None or isinstance(value, list) else "(value)"
 
 
-@dataclass(frozen=True)
-class Model:
-    layers: Value = 1
-    units: Value = 128
-    activation: Value = "relu"
-    dropout: Value = 0.0
+class _NotARange(_Frozen):
+    """A range where the value is a flag or a string: refused, once its keys are known to be a range's."""
+
+    low: Any = None
+    high: Any = None
+    log: Any = None
+    step: Any = None
 
 
-@dataclass(frozen=True)
-class Training:
-    epochs: int = 20
-    batch_size: Value = 64
-    checkpoint_every: int = 1
+def _value(kind: type, check: _Check | None = None) -> Any:
+    """A fixed value of ``kind`` passing ``check``, a range of them (numbers only) or a choice of them."""
+    scalar: Any = Annotated[kind, Strict(), AfterValidator(check)] if check else Annotated[kind, Strict()]
+    if kind in (int, float):
+
+        def ends(value: Range[Any]) -> Range[Any]:
+            for key in ("low", "high"):
+                try:
+                    scalar_check(getattr(value, key))
+                except PydanticCustomError as exc:
+                    broken = exc.context or {}
+                    raise _broken(broken["rule"], broken["got"], key=key) from None
+            return value
+
+        scalar_check = check or (lambda value: value)
+        ranged: Any = Annotated[Range[Annotated[kind, Strict()]], AfterValidator(ends)]  # type: ignore[valid-type]
+    else:
+        word = "true or false" if kind is bool else "a string"
+
+        def no_range(value: Any) -> Any:
+            raise _broken(f"is {word}, so it cannot be a range; use {{choice: [...]}}")
+
+        ranged = Annotated[_NotARange, AfterValidator(no_range)]
+    return Annotated[
+        Annotated[ranged, Tag("(range)")]
+        | Annotated[Choice[scalar], Tag("(choice)")]
+        | Annotated[scalar, Tag("(value)")],
+        Discriminator(
+            _shape_of,
+            custom_error_type="tuner_shape",
+            custom_error_message="must be a value, a range {low, high} or a choice {choice: [...]}",
+        ),
+    ]
+
+
+class Study(_Section):
+    label: ClassVar[str] = "study"
+    name: _Name  # default: the file's name (see _prepare)
+    metric: _one_of(tuple(METRICS)) = "val_loss"  # type: ignore[valid-type]
+    mode: _one_of(("min", "max"))  # type: ignore[valid-type]  # default: the metric's direction
+    trials: _AtLeast1 = 20  # type: ignore[valid-type]
+    concurrency: _AtLeast1 | None = Field(None, exclude_if=lambda c: c is None)  # type: ignore[valid-type]
+    sampler: _one_of(tuple(SAMPLERS)) = "tpe"  # type: ignore[valid-type]
+    seed: _Natural = 0  # type: ignore[valid-type]
+
+    @classmethod
+    def _prepare(cls, value: Any, context: dict[str, Any]) -> Any:
+        if not isinstance(value, dict):
+            return value
+        value = dict(value)
+        if "name" not in value:
+            stem = Path(context.get("source", "study")).stem
+            value["name"] = re.sub(r"[^A-Za-z0-9._-]", "-", stem).lstrip("._-") or "study"
+        metric = value.get("metric", "val_loss")
+        if "mode" not in value and isinstance(metric, str) and metric in METRICS:
+            value["mode"] = METRICS[metric]
+        return value
+
+
+#: Keys of ``data`` that only some datasets take.
+_ONLY_FOR = {
+    "target": ("csv",),
+    "task": ("csv", "npz"),
+    "n_samples": ("synthetic",),
+    "n_features": ("synthetic",),
+    "n_classes": ("synthetic",),
+    "seed": ("synthetic",),
+}
+
+
+class DataSection(_Section):
+    """The ``data`` section as written; a spec holds it interpreted, as :class:`tuner.data.Data`."""
+
+    label: ClassVar[str] = "data"
+    dataset: _Str = "digits"
+    validation_split: _within(float, Bounds(0.0, 1.0, True, True)) = 0.2  # type: ignore[valid-type]
+    target: _Str | None = None
+    task: _one_of(TASKS) | None = None  # type: ignore[valid-type]
+    n_samples: _within(int, Bounds(10)) = 1000  # type: ignore[valid-type]
+    n_features: _AtLeast1 = 20  # type: ignore[valid-type]
+    n_classes: _within(int, Bounds(2)) = 2  # type: ignore[valid-type]
+    seed: _Natural | None = None  # type: ignore[valid-type]
+
+    @field_validator(*_ONLY_FOR, mode="before")
+    @classmethod
+    def _applies(cls, value: Any, info: ValidationInfo) -> Any:
+        dataset, kinds = info.data.get("dataset"), _ONLY_FOR[str(info.field_name)]
+        if isinstance(dataset, str) and dataset.partition(":")[0] not in kinds:
+            usable = " and ".join(f"{k}:PATH" if k != "synthetic" else k for k in kinds)
+            raise _broken(f"only applies to {usable} datasets", dataset)
+        return value
+
+
+def _interpret(section: DataSection, info: ValidationInfo) -> Data:
+    """What the ``data`` section names: a built-in dataset, or a user's file (read to find its task)."""
+    kind, _, file = section.dataset.partition(":")
+    common = dict(
+        validation_split=section.validation_split,
+        n_samples=section.n_samples,
+        n_features=section.n_features,
+        n_classes=section.n_classes,
+        seed=section.seed,
+    )
+    if kind in ("csv", "npz") and file:
+        path = (Path((info.context or {}).get("base") or Path.cwd()) / file).resolve()
+        if not path.is_file():
+            raise _broken(f"file not found: {path}", section.dataset, key="dataset")
+        if kind == "csv" and section.target is None:
+            columns = ", ".join(datamod.csv_columns(path))
+            raise _broken(f"a csv dataset needs the name of its target column (columns: {columns})", key="target")
+        try:
+            task = datamod.resolve_task(kind, path, section.target, section.task)
+        except datamod.DataFileError as exc:
+            raise _broken(exc.rule, exc.got, path=exc.key) from None
+        return Data(kind, task, path=str(path), target=section.target, **common)
+    if section.dataset not in DATASETS:
+        known = (*DATASETS, "csv:PATH", "npz:PATH")
+        rule = f"unknown dataset{_hint(section.dataset, known)} (known: {', '.join(known)})"
+        raise _broken(rule, section.dataset, key="dataset")
+    if section.dataset == "synthetic" and section.n_classes > 2**section.n_features:
+        raise _broken(f"must be at most 2**n_features = {2**section.n_features}", section.n_classes, key="n_classes")
+    return Data(section.dataset, DATASETS[section.dataset].task, path=None, target=None, **common)
+
+
+def _data_doc(data: Data) -> dict[str, Any]:
+    """The ``data`` section that reads back as ``data`` (a file's path made absolute)."""
+    doc: dict[str, Any] = {"dataset": data.label if data.path else data.dataset}
+    doc["validation_split"] = data.validation_split
+    if data.target is not None:
+        doc["target"] = data.target
+    if data.path:
+        doc["task"] = data.task
+    if data.dataset == "synthetic":
+        doc.update(n_samples=data.n_samples, n_features=data.n_features, n_classes=data.n_classes)
+        if data.seed is not None:
+            doc["seed"] = data.seed
+    return doc
+
+
+class Model(_Section):
+    label: ClassVar[str] = "model"
+    layers: _value(int, _bounded(int, Bounds(0))) = 1  # type: ignore[valid-type]
+    units: _value(int, _bounded(int, Bounds(1))) = 128  # type: ignore[valid-type]
+    activation: _value(str, _among(ACTIVATIONS)) = "relu"  # type: ignore[valid-type]
+    dropout: _value(float, _bounded(float, Bounds(0.0, 1.0, high_open=True))) = 0.0  # type: ignore[valid-type]
+
+
+def _budget(value: Any) -> Any:
+    if isinstance(value, dict):
+        raise _broken("must be a fixed integer; epochs are the budget, not a hyperparameter", value)
+    return value
+
+
+class Training(_Section):
+    label: ClassVar[str] = "training"
+    epochs: Annotated[_AtLeast1, BeforeValidator(_budget)] = 20  # type: ignore[valid-type]
+    batch_size: _value(int, _bounded(int, Bounds(1))) = 64  # type: ignore[valid-type]
+    checkpoint_every: _AtLeast1 = 1  # type: ignore[valid-type]
+
+
+# -- optimizers: one model per registered optimizer, its keys and bounds read from the registry
+
+
+class _Hyperparameters(_Section):
+    """The hyperparameters a spec sets for one optimizer; those it leaves out keep Keras' defaults."""
+
+    optimizer: ClassVar[OptimizerType]
+    shape: ClassVar[str] = "must be a mapping of hyperparameters (or empty for Keras' defaults)"
+
+    @classmethod
+    def unknown_key(cls, key: str) -> str:
+        name, known = cls.optimizer.name, tuple(cls.model_fields)
+        takes = f"({name} takes {', '.join(known)})"
+        if any(key in other.model_fields for other in _HYPERPARAMETERS.values()):
+            return f"{name} does not take {key} {takes}"
+        return f"unknown hyperparameter{_hint(key, known)} {takes}"
+
+
+def _hyperparameters_of(optimizer: OptimizerType) -> type[_Hyperparameters]:
+    fields: dict[str, Any] = {}
+    for h in optimizer.hyperparameters:
+        kind = _value(bool) if h.bounds is None else _value(float, _bounded(float, h.bounds))
+        fields[h.name] = (kind, None)  # None: not set (a null in the file is refused, as any missing value)
+    model = create_model(f"{optimizer.keras_class}Hyperparameters", __base__=_Hyperparameters, **fields)
+    model.optimizer = optimizer
+    return model
+
+
+_HYPERPARAMETERS = {name: _hyperparameters_of(o) for name, o in OPTIMIZERS.items()}
+
+
+class _OptimizersBase(_Frozen):
+    shape: ClassVar[str] = f"must be a mapping with one or more of {', '.join(OPTIMIZERS)}"
+
+    @classmethod
+    def unknown_key(cls, key: str) -> str:
+        known = tuple(OPTIMIZERS)
+        return f"unknown optimizer{_hint(key, known)} (known: {', '.join(known)})"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        if value == {}:
+            raise _broken(f"must name at least one optimizer ({', '.join(OPTIMIZERS)})", value)
+        return value
+
+
+_Optimizers = create_model(  # type: ignore[call-overload]
+    "Optimizers", __base__=_OptimizersBase, **{name: (model, None) for name, model in _HYPERPARAMETERS.items()}
+)
 
 
 @dataclass(frozen=True)
 class Optimizer:
-    """One optimizer type and the hyperparameters the spec sets for it (unset ones keep Keras' defaults)."""
+    """One optimizer type and the hyperparameters the spec sets for it, in the spec's order."""
 
     name: str
     params: tuple[tuple[str, Value], ...] = ()
 
 
-@dataclass(frozen=True)
-class Pruning:
+def _in_order(value: Any, validate: Any) -> tuple[Optimizer, ...]:
+    """The validated optimizers, in the order the file lists them (the search draws in that order)."""
+    section = validate(value)
+    return tuple(
+        Optimizer(name, tuple((key, getattr(getattr(section, name), key)) for key in (params or {})))
+        for name, params in value.items()
+    )
+
+
+def _optimizers_doc(optimizers: tuple[Optimizer, ...]) -> dict[str, Any]:
+    return {o.name: dict(o.params) for o in optimizers}
+
+
+# -- pruning and resources
+
+
+class Divergence(_Frozen):
+    label: ClassVar[str] = "pruning.divergence"
+    max_ratio: _within(float, Bounds(1.0, low_open=True)) = 10.0  # type: ignore[valid-type]
+    patience: _AtLeast1 = 1  # type: ignore[valid-type]
+
+
+def _divergence_form(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return "(switch)"
+    return "(rule)" if isinstance(value, (dict, Divergence)) else None
+
+
+class Pruning(_Section):
     """When to stop a trial early: its own divergence, and a Ray Tune scheduler comparing trials.
 
-    ``max_ratio=None`` turns the ratio rule off; a NaN or infinite loss stops a trial whatever the spec says.
+    ``divergence: false`` turns the ratio rule off (``max_ratio`` is then ``None``); a NaN or infinite loss stops a
+    trial whatever the spec says.
     """
 
-    max_ratio: float | None = 10.0
-    patience: int = 1
-    scheduler: str = "asha"
-    grace_epochs: int = 2
-    reduction_factor: float = 3.0
+    label: ClassVar[str] = "pruning"
+    divergence: Annotated[
+        Annotated[_Bool, Tag("(switch)")] | Annotated[Divergence, Tag("(rule)")],
+        Discriminator(
+            _divergence_form,
+            custom_error_type="tuner_shape",
+            custom_error_message="must be true, false or {max_ratio, patience}",
+        ),
+    ] = True
+    scheduler: _one_of(tuple(SCHEDULERS)) = "asha"  # type: ignore[valid-type]
+    grace_epochs: _AtLeast1 = 2  # type: ignore[valid-type]
+    reduction_factor: _within(float, Bounds(1.0, low_open=True)) = 3.0  # type: ignore[valid-type]
+
+    @property
+    def _rule(self) -> Divergence | None:
+        if self.divergence is False:
+            return None
+        return Divergence() if self.divergence is True else self.divergence
+
+    @property
+    def max_ratio(self) -> float | None:
+        rule = self._rule
+        return None if rule is None else rule.max_ratio
+
+    @property
+    def patience(self) -> int:
+        rule = self._rule
+        return Divergence().patience if rule is None else rule.patience
 
 
-@dataclass(frozen=True)
-class Resources:
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    max_failures: int = 2
+class Resources(_Section):
+    label: ClassVar[str] = "resources"
+    cpus_per_trial: _within(float, Bounds(0.0, low_open=True)) = 1.0  # type: ignore[valid-type]
+    gpus_per_trial: _within(float, Bounds(0.0)) = 0.0  # type: ignore[valid-type]
+    max_failures: _Natural = 2  # type: ignore[valid-type]
 
 
-@dataclass(frozen=True)
-class Spec:
-    """A validated search. Build it with :func:`load_spec`."""
+# --------------------------------------------------------------------------------------------- the spec
 
-    source: str
-    study: Study
-    data: Data
+
+class Spec(_Frozen):
+    """A validated search. Build it with :func:`load_spec`; :meth:`to_doc` writes it back."""
+
+    label: ClassVar[str] = "a spec"
+    shape: ClassVar[str] = f"the top level must be a mapping with the sections {', '.join(_SECTIONS)}"
+    # Validated in this order, so that the first error reported is the first a reader meets in a usual file.
+    if TYPE_CHECKING:  # what the fields hold, once validated
+        data: Data
+        study: Study
+        optimizers: tuple[Optimizer, ...]
+    else:  # what they read: the data section, interpreted; the optimizers, kept in the file's order
+        data: Annotated[DataSection, AfterValidator(_interpret), PlainSerializer(_data_doc)]
+        study: Study
+        optimizers: Annotated[_Optimizers, WrapValidator(_in_order), PlainSerializer(_optimizers_doc)]
     model: Model
     training: Training
-    optimizers: tuple[Optimizer, ...]
     pruning: Pruning
     resources: Resources
+    _source: str = PrivateAttr("<spec>")
+
+    @classmethod
+    def unknown_key(cls, key: str) -> str:
+        hint = _hint(key, _SECTIONS)
+        return f"unknown key{hint}" if hint else f"unknown key ({cls.label} takes {', '.join(_SECTIONS)})"
+
+    @classmethod
+    def missing_keys(cls, keys: list[str]) -> str:
+        return "missing; list at least one of " + ", ".join(OPTIMIZERS)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_document(cls, value: Any) -> Any:
+        if value is None:
+            raise _broken("the file is empty; a spec needs at least an optimizers section")
+        if not isinstance(value, dict):
+            raise _broken(cls.shape, value)
+        # An absent section is validated as an empty one, so that each default is the section's own.
+        return {**{k: None for k in cls.model_fields if k != "optimizers"}, **value}
+
+    @model_validator(mode="after")
+    def _consistent(self, info: ValidationInfo) -> Spec:
+        self._source = (info.context or {}).get("source", "<spec>")
+        metric, task = self.study.metric, self.data.task
+        wrong = {"classification": ("mae", "val_mae"), "regression": ("accuracy", "val_accuracy")}[task]
+        if metric in wrong:
+            usable = ", ".join(m for m in METRICS if m not in wrong)
+            raise _broken(
+                f"{self.data.label} is a {task} dataset; its metrics are {usable}", metric, path="study.metric"
+            )
+        if self.study.sampler == "grid":
+            for name, value in self.searched():
+                if isinstance(value, Range) and not value.integer and value.step is None:
+                    key = f"optimizers.{name.replace('/', '.')}" if "/" in name else self._key_of(name)
+                    rule = f"grid needs every range to have a step; {key} is a continuous range"
+                    raise _broken(rule, "grid", path="study.sampler")
+        return self
+
+    @staticmethod
+    def _key_of(name: str) -> str:
+        return f"training.{name}" if name == "batch_size" else f"model.{name}"
+
+    @property
+    def source(self) -> str:
+        """The file the spec was read from, as messages name it."""
+        return self._source
 
     def optimizer(self, name: str) -> Optimizer:
         return next(o for o in self.optimizers if o.name == name)
@@ -174,8 +665,8 @@ class Spec:
                 return math.floor((value.high - value.low) / step + 1e-9) + 1
             return 1
 
-        model = math.prod(count(v) for _, v in self.model_values())
-        return model * sum(math.prod(count(v) for _, v in o.params) for o in self.optimizers)
+        model: int = math.prod([count(v) for _, v in self.model_values()])
+        return model * sum(math.prod([count(v) for _, v in o.params]) for o in self.optimizers)
 
     @property
     def planned_trials(self) -> int:
@@ -216,48 +707,8 @@ class Spec:
 
     def to_doc(self) -> dict[str, Any]:
         """The spec as a YAML document of the shape :func:`load_spec` reads."""
-        s, d = self.study, self.data
-        data: dict[str, Any] = {"dataset": d.label if d.path else d.dataset, "validation_split": d.validation_split}
-        if d.target is not None:
-            data["target"] = d.target
-        if d.path:
-            data["task"] = d.task
-        if d.dataset == "synthetic":
-            data.update(n_samples=d.n_samples, n_features=d.n_features, n_classes=d.n_classes)
-            if d.seed is not None:
-                data["seed"] = d.seed
-        study = {"name": s.name, "metric": s.metric, "mode": s.mode, "trials": s.trials}
-        if s.concurrency is not None:
-            study["concurrency"] = s.concurrency
-        study.update(sampler=s.sampler, seed=s.seed)
-        values = dict(self.model_values())
-        return {
-            "study": study,
-            "data": data,
-            "model": {k: _value_doc(values[k]) for k in ("layers", "units", "activation", "dropout")},
-            "training": {
-                "epochs": self.training.epochs,
-                "batch_size": _value_doc(self.training.batch_size),
-                "checkpoint_every": self.training.checkpoint_every,
-            },
-            "optimizers": {o.name: {k: _value_doc(v) for k, v in o.params} for o in self.optimizers},
-            "pruning": self._pruning_doc(),
-            "resources": {
-                "cpus_per_trial": self.resources.cpus_per_trial,
-                "gpus_per_trial": self.resources.gpus_per_trial,
-                "max_failures": self.resources.max_failures,
-            },
-        }
-
-    def _pruning_doc(self) -> dict[str, Any]:
-        p = self.pruning
-        divergence: Any = False if p.max_ratio is None else {"max_ratio": p.max_ratio, "patience": p.patience}
-        return {
-            "divergence": divergence,
-            "scheduler": p.scheduler,
-            "grace_epochs": p.grace_epochs,
-            "reduction_factor": p.reduction_factor,
-        }
+        doc = self.model_dump(mode="python")
+        return {section: doc[section] for section in _SECTIONS}
 
     def fixed_at(self, params: dict[str, Any]) -> Spec:
         """This spec with every searched value fixed at ``params`` (plain names, as a trial records them)
@@ -266,85 +717,126 @@ class Spec:
         fixed = Optimizer(optimizer.name, tuple((k, params.get(k, v)) for k, v in optimizer.params))
         model = {k: params.get(k, v) if is_searched(v) else v for k, v in self.model_values()}
         batch_size = model.pop("batch_size")
-        return dataclasses.replace(
-            self,
-            study=dataclasses.replace(self.study, name=f"{self.study.name}-best", trials=1, sampler="random"),
-            model=Model(**model),
-            training=dataclasses.replace(self.training, batch_size=batch_size),
-            optimizers=(fixed,),
+        return self.model_copy(
+            update={
+                "study": self.study.model_copy(
+                    update={"name": f"{self.study.name}-best", "trials": 1, "sampler": "random"}
+                ),
+                "model": self.model.model_copy(update=model),
+                "training": self.training.model_copy(update={"batch_size": batch_size}),
+                "optimizers": (fixed,),
+            }
         )
 
     def override(self, **changes: Any) -> Spec:
         """The same spec with command-line overrides applied (``trials``, ``concurrency``, ``epochs``,
-        ``seed``, ``name``); ``None`` leaves a value as the spec has it."""
-        study = {k: v for k, v in changes.items() if k in ("trials", "concurrency", "seed", "name") and v is not None}
-        spec = self
-        if "name" in study:
-            _check_name(study["name"], "", "--name")
-        if study:
-            spec = dataclasses.replace(spec, study=dataclasses.replace(spec.study, **study))
-        if changes.get("epochs") is not None:
-            spec = dataclasses.replace(spec, training=dataclasses.replace(spec.training, epochs=changes["epochs"]))
-        return spec
+        ``seed``, ``name``), each checked by the spec's own rule; ``None`` leaves a value as the spec has it.
+
+        Raises:
+            UsageError: an override breaks its rule, named as the option: ``--name: must be ... (got 'a b')``.
+        """
+        given = {k: v for k, v in changes.items() if v is not None}
+        sections = {"study": ("trials", "concurrency", "seed", "name"), "training": ("epochs",)}
+        update: dict[str, Any] = {}
+        for section, keys in sections.items():
+            now = getattr(self, section)
+            new = {k: given[k] for k in keys if k in given}
+            if not new:
+                continue
+            try:
+                update[section] = type(now).model_validate({**now.model_dump(), **new})
+            except ValidationError as exc:
+                key, rule, got = _first_error(exc, type(now))
+                raise UsageError(
+                    f"--{key.rpartition('.')[2]}: {rule}" + ("" if got is _NOTHING else f" (got {show(got)})")
+                ) from None
+        return self.model_copy(update=update)
 
 
-def _value_doc(value: Value) -> Any:
-    if isinstance(value, Range):
-        doc: dict[str, Any] = {"low": value.low, "high": value.high}
-        if value.log:
-            doc["log"] = True
-        if value.step is not None:
-            doc["step"] = value.step
-        return doc
-    if isinstance(value, Choice):
-        return {"choice": list(value.options)}
-    return value
+# --------------------------------------------------------------------------------------------- errors
 
-
-# --------------------------------------------------------------------------------------------- tables
-
-METRICS = {"loss": "min", "val_loss": "min", "accuracy": "max", "val_accuracy": "max", "mae": "min", "val_mae": "min"}
-ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "selu", "gelu", "silu", "swish", "leaky_relu", "softplus", "linear")
-TASKS = ("classification", "regression")
-
-
-@dataclass(frozen=True)
-class _Rule:
-    """What one key accepts: a kind (float, int, bool, str) and a domain."""
-
-    kind: str
-    text: str = ""
-    test: Callable[[Any], bool] | None = None
-    options: tuple[str, ...] = ()
-
-
-_POSITIVE = _Rule("float", "must be > 0", lambda v: v > 0)
-_NONNEGATIVE = _Rule("float", "must be >= 0", lambda v: v >= 0)
-_BELOW_ONE = _Rule("float", "must be in [0, 1)", lambda v: 0 <= v < 1)
-_BOOL = _Rule("bool")
-_AT_LEAST_1 = _Rule("int", "must be at least 1", lambda v: v >= 1)
-_SEED = _Rule("int", "must be >= 0", lambda v: v >= 0)
-
-
-def _rule_of(hyperparameter: Hyperparameter) -> _Rule:
-    if hyperparameter.is_flag:
-        return _BOOL
-    return _Rule("float", f"must be {hyperparameter.rule()}", hyperparameter.allows)
-
-
-#: What each optimizer's hyperparameters accept, from the registry (tuner.optimizers).
-_OPTIMIZER_RULES = {o.name: {h.name: _rule_of(h) for h in o.hyperparameters} for o in OPTIMIZERS.values()}
-_ALIASES = {"lr": "learning_rate", "sgd_momentum": "momentum"}
-
-_MODEL_RULES = {
-    "layers": _SEED,
-    "units": _Rule("int", "must be >= 1", lambda v: v >= 1),
-    "activation": _Rule("str", options=ACTIVATIONS),
-    "dropout": _BELOW_ONE,
+#: The rule for each of pydantic's own error types that a spec can meet (the rest are tuner's, see _broken).
+_RULES = {
+    "int_type": "must be an integer",
+    "float_type": "must be a number",
+    "bool_type": "must be true or false",
+    "string_type": "must be a string",
+    "tuple_type": "must be a list of values",
+    "too_short": "must list at least one value",
 }
-_SECTIONS = ("study", "data", "model", "training", "optimizers", "pruning", "resources")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_KIND_WORDS = {"float": "a number", "int": "an integer", "bool": "true or false", "str": "a string"}
+#: The models a tag of a tagged union stands for, where a location passes through one.
+_TAGGED: dict[str, type[_Frozen] | None] = {"(range)": Range, "(choice)": Choice, "(value)": None, "(rule)": Divergence}
+
+
+def _model_at(root: type[_Frozen], loc: tuple[Any, ...]) -> type[_Frozen] | None:
+    """The model whose keys the location ``loc`` reaches into."""
+    model: type[_Frozen] | None = root
+    for part in loc:
+        if isinstance(part, str) and part in _TAGGED:
+            model = _TAGGED[part]
+        elif model is None or part not in model.model_fields:
+            return None
+        else:
+            annotation = model.model_fields[part].annotation
+            model = annotation if isinstance(annotation, type) and issubclass(annotation, _Frozen) else None
+    return model
+
+
+def _first_error(exc: ValidationError, root: type[_Frozen]) -> tuple[str, str, Any]:
+    """The error a reader should see first, as (key path, rule, value found or ``_NOTHING``).
+
+    Pydantic lists errors in the order it validates; an unknown key goes first among its siblings, as a typo is
+    the likelier cause of whatever else is wrong with the same mapping.
+    """
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    for error in errors:
+        if error["type"] == "extra_forbidden" and first["loc"][: len(error["loc"]) - 1] == error["loc"][:-1]:
+            first = error
+            break
+    loc, kind, context = first["loc"], first["type"], first.get("ctx") or {}
+    got: Any = first["input"]
+    where = loc
+    if kind == "tuner":
+        got = context.get("got", _NOTHING)
+        where = (*loc, context["key"]) if context.get("key") else loc
+        rule = context["rule"]
+    elif kind == "extra_forbidden":
+        model = _model_at(root, loc[:-1])
+        rule, got = (model or _Frozen).unknown_key(str(loc[-1])), _NOTHING
+    elif kind == "missing":
+        parent = loc[:-1]
+        keys = [str(e["loc"][-1]) for e in errors if e["type"] == "missing" and e["loc"][:-1] == parent]
+        model = _model_at(root, parent) or _Frozen
+        rule = model.missing_keys(keys)
+        if model is Range:
+            where = parent  # a range missing an end: the range is at fault, shown whole
+        else:
+            got = _NOTHING
+    elif kind in ("model_type", "dict_type"):
+        rule = (_model_at(root, loc) or _Frozen).shape
+    elif kind == "tuner_shape":
+        rule = first["msg"]
+    else:
+        rule = _RULES.get(kind, first["msg"][:1].lower() + first["msg"][1:])
+    path = str(context["path"]) if kind == "tuner" and context.get("path") else _dotted(where)
+    return path, rule, got
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    """``('model', 'activation', '(choice)', 'choice', 1)`` -> ``model.activation.choice[1]``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part not in _TAGGED:
+            out = f"{out}.{part}" if out else str(part)
+    return out
+
+
+def _located(exc: ValidationError, source: str) -> SpecError:
+    key, rule, got = _first_error(exc, Spec)
+    return SpecError(source, key, rule) if got is _NOTHING else SpecError(source, key, rule, got)
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -393,317 +885,7 @@ def load_spec(path: str | Path) -> Spec:
 
 def parse_spec(doc: Any, *, source: str = "<spec>", base: Path | None = None) -> Spec:
     """Validate an already-loaded YAML document (relative data paths resolve against ``base``)."""
-    return _Reader(source, base or Path.cwd()).spec(doc)
-
-
-# --------------------------------------------------------------------------------------------- reading
-
-
-def _join(path: str, key: Any) -> str:
-    return f"{path}.{key}" if path else str(key)
-
-
-def _hint(word: str, known: tuple[str, ...] | list[str]) -> str:
-    alias = _ALIASES.get(word)
-    close = [alias] if alias in known else difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
-def _check_name(name: Any, source: str, key: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
-        rule = "must be letters, digits, '.', '_' or '-', starting with a letter or digit"
-        if source:
-            raise SpecError(source, key, rule, name)
-        raise UsageError(f"{key}: {rule} (got {show(name)})")
-    return name
-
-
-class _Reader:
-    def __init__(self, source: str, base: Path) -> None:
-        self.source, self.base = source, base
-
-    def fail(self, key: str, rule: str, got: Any = ...) -> SpecError:
-        return SpecError(self.source, key, rule) if got is ... else SpecError(self.source, key, rule, got)
-
-    # -- structure
-
-    def mapping(self, node: Any, path: str, known: tuple[str, ...], what: str) -> dict[str, Any]:
-        if node is None:
-            return {}
-        if not isinstance(node, dict):
-            raise self.fail(path, "must be a mapping", node)
-        for key in node:
-            if key not in known:
-                hint = _hint(str(key), known)
-                listing = "" if hint else f" ({what} takes {', '.join(known)})"
-                raise self.fail(_join(path, key), f"unknown key{hint}{listing}")
-        return node
-
-    # -- scalars
-
-    def scalar(self, node: Any, path: str, rule: _Rule) -> Any:
-        kind = rule.kind
-        if kind == "bool":
-            if not isinstance(node, bool):
-                raise self.fail(path, "must be true or false", node)
-            return node
-        if kind == "str":
-            if not isinstance(node, str):
-                raise self.fail(path, "must be a string", node)
-            if rule.options and node not in rule.options:
-                raise self.fail(path, f"must be one of {', '.join(rule.options)}{_hint(node, rule.options)}", node)
-            return node
-        if isinstance(node, bool) or not isinstance(node, (int, float)):
-            raise self.fail(path, f"must be {_KIND_WORDS[kind]}", node)
-        if kind == "int":
-            if not isinstance(node, int):
-                raise self.fail(path, "must be an integer", node)
-        else:
-            node = float(node)
-        if rule.test is not None and not rule.test(node):
-            raise self.fail(path, rule.text, node)
-        return node
-
-    def value(self, node: Any, path: str, rule: _Rule) -> Value:
-        """A fixed scalar, a range ``{low, high, log, step}`` or a choice ``{choice: [...]}``."""
-        if isinstance(node, list):
-            raise self.fail(path, "must be a value, a range {low, high} or a choice {choice: [...]}", node)
-        if not isinstance(node, dict):
-            if node is None:
-                raise self.fail(path, "must be a value, a range {low, high} or a choice {choice: [...]}", node)
-            return self.scalar(node, path, rule)
-        if "choice" in node:
-            self.mapping(node, path, ("choice",), "a choice")
-            options = node["choice"]
-            if not isinstance(options, list):
-                raise self.fail(_join(path, "choice"), "must be a list of values", options)
-            if not options:
-                raise self.fail(_join(path, "choice"), "must list at least one value", options)
-            return Choice(tuple(self.scalar(o, f"{path}.choice[{i}]", rule) for i, o in enumerate(options)))
-        self.mapping(node, path, ("low", "high", "log", "step", "choice"), "a range")
-        if rule.kind in ("bool", "str"):
-            raise self.fail(path, f"is {_KIND_WORDS[rule.kind]}, so it cannot be a range; use {{choice: [...]}}")
-        missing = [k for k in ("low", "high") if k not in node]
-        if missing:
-            raise self.fail(path, f"a range needs low and high; {' and '.join(missing)} missing", node)
-        number = _Rule(rule.kind)
-        low = self.scalar(node["low"], _join(path, "low"), number)
-        high = self.scalar(node["high"], _join(path, "high"), number)
-        log = self.scalar(node.get("log", False), _join(path, "log"), _BOOL)
-        step = node.get("step")
-        if not low < high:
-            raise self.fail(path, "low must be below high", shown(f"low={show(low)}, high={show(high)}"))
-        if log and low <= 0:
-            raise self.fail(_join(path, "low"), "a log range needs low > 0", low)
-        if step is not None:
-            step = self.scalar(step, _join(path, "step"), number)
-            if step <= 0:
-                raise self.fail(_join(path, "step"), "must be > 0", step)
-            if log:
-                raise self.fail(path, "step and log cannot be combined", shown(f"step={show(step)}, log=true"))
-        for key, bound in (("low", low), ("high", high)):
-            if rule.test is not None and not rule.test(bound):
-                raise self.fail(_join(path, key), rule.text, bound)
-        return Range(low, high, log=log, step=step, integer=rule.kind == "int")
-
-    # -- sections
-
-    def spec(self, doc: Any) -> Spec:
-        if doc is None:
-            raise self.fail("", "the file is empty; a spec needs at least an optimizers section")
-        if not isinstance(doc, dict):
-            raise self.fail("", f"the top level must be a mapping with the sections {', '.join(_SECTIONS)}", doc)
-        self.mapping(doc, "", _SECTIONS, "a spec")
-        if "optimizers" not in doc:
-            raise self.fail("optimizers", "missing; list at least one of " + ", ".join(OPTIMIZERS))
-        data = self.data(doc.get("data"))
-        study = self.study(doc.get("study"), data)
-        optimizers = self.optimizers(doc["optimizers"])
-        model_node = self.mapping(doc.get("model"), "model", tuple(_MODEL_RULES), "model")
-        model = Model(**{k: self.value(v, _join("model", k), _MODEL_RULES[k]) for k, v in model_node.items()})
-        training = self.training(doc.get("training"))
-        pruning = self.pruning(doc.get("pruning"))
-        resources = self.resources(doc.get("resources"))
-        spec = Spec(self.source, study, data, model, training, optimizers, pruning, resources)
-        if study.sampler == "grid":
-            for name, value in spec.searched():
-                if isinstance(value, Range) and not value.integer and value.step is None:
-                    key = f"optimizers.{name.replace('/', '.')}" if "/" in name else self._model_key(name)
-                    raise self.fail(
-                        "study.sampler",
-                        f"grid needs every range to have a step; {key} is a continuous range",
-                        "grid",
-                    )
-        return spec
-
-    @staticmethod
-    def _model_key(name: str) -> str:
-        return f"training.{name}" if name == "batch_size" else f"model.{name}"
-
-    def study(self, node: Any, data: Data) -> Study:
-        node = self.mapping(node, "study", tuple(f.name for f in dataclasses.fields(Study)), "study")
-        default_name = re.sub(r"[^A-Za-z0-9._-]", "-", Path(self.source).stem).lstrip("._-") or "study"
-        name = _check_name(node.get("name", default_name), self.source, "study.name")
-        metric = self.scalar(node.get("metric", "val_loss"), "study.metric", _Rule("str", options=tuple(METRICS)))
-        wrong = {"classification": ("mae", "val_mae"), "regression": ("accuracy", "val_accuracy")}[data.task]
-        if metric in wrong:
-            usable = ", ".join(m for m in METRICS if m not in wrong)
-            raise self.fail(
-                "study.metric",
-                f"{data.label} is a {data.task} dataset; its metrics are {usable}",
-                metric,
-            )
-        mode = self.scalar(node.get("mode", METRICS[metric]), "study.mode", _Rule("str", options=("min", "max")))
-        trials = self.scalar(node.get("trials", 20), "study.trials", _AT_LEAST_1)
-        concurrency = node.get("concurrency")
-        if concurrency is not None:
-            concurrency = self.scalar(concurrency, "study.concurrency", _AT_LEAST_1)
-        sampler = self.scalar(node.get("sampler", "tpe"), "study.sampler", _Rule("str", options=tuple(SAMPLERS)))
-        seed = self.scalar(node.get("seed", 0), "study.seed", _SEED)
-        return Study(name, metric, mode, trials, concurrency, sampler, seed)
-
-    def data(self, node: Any) -> Data:
-        keys = ("dataset", "validation_split", "target", "task", "n_samples", "n_features", "n_classes", "seed")
-        node = self.mapping(node, "data", keys, "data")
-        dataset = self.scalar(node.get("dataset", "digits"), "data.dataset", _Rule("str"))
-        split = self.scalar(
-            node.get("validation_split", 0.2),
-            "data.validation_split",
-            _Rule("float", "must be in (0, 1)", lambda v: 0 < v < 1),
-        )
-        kind, _, file = dataset.partition(":")
-        only = {
-            "target": ("csv",),
-            "task": ("csv", "npz"),
-            "n_samples": ("synthetic",),
-            "n_features": ("synthetic",),
-            "n_classes": ("synthetic",),
-            "seed": ("synthetic",),
-        }
-        for key, kinds in only.items():
-            if key in node and kind not in kinds:
-                usable = " and ".join(f"{k}:PATH" if k != "synthetic" else k for k in kinds)
-                raise self.fail(f"data.{key}", f"only applies to {usable} datasets", dataset)
-        if kind in ("csv", "npz") and file:
-            return self.file_data(node, kind, file, split)
-        if dataset not in DATASETS:
-            known = (*DATASETS, "csv:PATH", "npz:PATH")
-            rule = f"unknown dataset{_hint(dataset, known)} (known: {', '.join(known)})"
-            raise self.fail("data.dataset", rule, dataset)
-        if dataset != "synthetic":
-            return Data(dataset, DATASETS[dataset].task, split)
-        n_samples = self.scalar(
-            node.get("n_samples", 1000), "data.n_samples", _Rule("int", "must be at least 10", lambda v: v >= 10)
-        )
-        n_features = self.scalar(node.get("n_features", 20), "data.n_features", _AT_LEAST_1)
-        n_classes = self.scalar(
-            node.get("n_classes", 2), "data.n_classes", _Rule("int", "must be at least 2", lambda v: v >= 2)
-        )
-        if n_classes > 2**n_features:
-            raise self.fail("data.n_classes", f"must be at most 2**n_features = {2**n_features}", n_classes)
-        seed = node.get("seed")
-        if seed is not None:
-            seed = self.scalar(seed, "data.seed", _SEED)
-        return Data(
-            "synthetic",
-            "classification",
-            split,
-            n_samples=n_samples,
-            n_features=n_features,
-            n_classes=n_classes,
-            seed=seed,
-        )
-
-    def file_data(self, node: dict[str, Any], kind: str, file: str, split: float) -> Data:
-        path = (self.base / file).resolve()
-        if not path.is_file():
-            raise self.fail("data.dataset", f"file not found: {path}", f"{kind}:{file}")
-        task = node.get("task")
-        if task is not None:
-            task = self.scalar(task, "data.task", _Rule("str", options=TASKS))
-        target = None
-        if kind == "csv":
-            if "target" not in node:
-                columns = datamod.csv_columns(path)
-                rule = f"a csv dataset needs the name of its target column (columns: {', '.join(columns)})"
-                raise self.fail("data.target", rule)
-            target = self.scalar(node["target"], "data.target", _Rule("str"))
-        try:
-            task = datamod.resolve_task(kind, path, target, task)
-        except datamod.DataFileError as exc:
-            raise self.fail(exc.key, exc.rule, exc.got) from None
-        return Data(kind, task, split, path=str(path), target=target)
-
-    def optimizers(self, node: Any) -> tuple[Optimizer, ...]:
-        if not isinstance(node, dict):
-            raise self.fail("optimizers", f"must be a mapping with one or more of {', '.join(OPTIMIZERS)}", node)
-        if not node:
-            raise self.fail("optimizers", f"must name at least one optimizer ({', '.join(OPTIMIZERS)})", node)
-        out = []
-        for name, params in node.items():
-            path = _join("optimizers", name)
-            if name not in OPTIMIZERS:
-                known = tuple(OPTIMIZERS)
-                raise self.fail(path, f"unknown optimizer{_hint(str(name), known)} (known: {', '.join(known)})")
-            rules = _OPTIMIZER_RULES[name]
-            if params is None:
-                params = {}
-            if not isinstance(params, dict):
-                raise self.fail(path, "must be a mapping of hyperparameters (or empty for Keras' defaults)", params)
-            values = []
-            for key, raw in params.items():
-                if key not in rules:
-                    takes = f"({name} takes {', '.join(rules)})"
-                    if any(key in other for other in _OPTIMIZER_RULES.values()):
-                        raise self.fail(_join(path, key), f"{name} does not take {key} {takes}")
-                    raise self.fail(_join(path, key), f"unknown hyperparameter{_hint(str(key), tuple(rules))} {takes}")
-                values.append((key, self.value(raw, _join(path, key), rules[key])))
-            out.append(Optimizer(name, tuple(values)))
-        return tuple(out)
-
-    def training(self, node: Any) -> Training:
-        node = self.mapping(node, "training", ("epochs", "batch_size", "checkpoint_every"), "training")
-        epochs = node.get("epochs", 20)
-        if isinstance(epochs, dict):
-            rule = "must be a fixed integer; epochs are the budget, not a hyperparameter"
-            raise self.fail("training.epochs", rule, epochs)
-        epochs = self.scalar(epochs, "training.epochs", _AT_LEAST_1)
-        batch = self.value(node.get("batch_size", 64), "training.batch_size", _AT_LEAST_1)
-        every = self.scalar(node.get("checkpoint_every", 1), "training.checkpoint_every", _AT_LEAST_1)
-        return Training(epochs, batch, every)
-
-    def pruning(self, node: Any) -> Pruning:
-        keys = ("divergence", "scheduler", "grace_epochs", "reduction_factor")
-        node = self.mapping(node, "pruning", keys, "pruning")
-        divergence = node.get("divergence", True)
-        max_ratio: float | None = 10.0
-        patience = 1
-        if divergence is False:
-            max_ratio = None
-        elif isinstance(divergence, dict):
-            rule = self.mapping(divergence, "pruning.divergence", ("max_ratio", "patience"), "pruning.divergence")
-            max_ratio = self.scalar(
-                rule.get("max_ratio", 10.0),
-                "pruning.divergence.max_ratio",
-                _Rule("float", "must be > 1", lambda v: v > 1),
-            )
-            patience = self.scalar(rule.get("patience", 1), "pruning.divergence.patience", _AT_LEAST_1)
-        elif divergence is not True:
-            raise self.fail("pruning.divergence", "must be true, false or {max_ratio, patience}", divergence)
-        scheduler = self.scalar(
-            node.get("scheduler", "asha"),
-            "pruning.scheduler",
-            _Rule("str", options=tuple(SCHEDULERS)),
-        )
-        grace = self.scalar(node.get("grace_epochs", 2), "pruning.grace_epochs", _AT_LEAST_1)
-        factor = self.scalar(
-            node.get("reduction_factor", 3), "pruning.reduction_factor", _Rule("float", "must be > 1", lambda v: v > 1)
-        )
-        return Pruning(max_ratio, patience, scheduler, grace, factor)
-
-    def resources(self, node: Any) -> Resources:
-        node = self.mapping(node, "resources", ("cpus_per_trial", "gpus_per_trial", "max_failures"), "resources")
-        cpus = self.scalar(node.get("cpus_per_trial", 1), "resources.cpus_per_trial", _POSITIVE)
-        gpus = self.scalar(node.get("gpus_per_trial", 0), "resources.gpus_per_trial", _NONNEGATIVE)
-        retries = self.scalar(node.get("max_failures", 2), "resources.max_failures", _SEED)
-        return Resources(cpus, gpus, retries)
+    try:
+        return Spec.model_validate(doc, context={"source": source, "base": base or Path.cwd()})
+    except ValidationError as exc:
+        raise _located(exc, source) from None
