@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import pytest
@@ -175,6 +176,14 @@ def test_to_doc_reads_back_as_the_same_spec(path: Path) -> None:
     spec = load_spec(path)
     again = parse_spec(spec.to_doc(), source=spec.source)
     assert again == spec
+
+
+@pytest.mark.parametrize("path", SEARCH_SPACES, ids=lambda p: p.name)
+def test_a_spec_pickles_with_the_standard_pickle(path: Path) -> None:
+    """Ray ships specs and their parts to workers; a resumed launch reads one back."""
+    spec = load_spec(path)
+    again = pickle.loads(pickle.dumps(spec))
+    assert again == spec and again.source == spec.source
 
 
 def test_fixed_at_pins_every_searched_value_to_one_trial() -> None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, TypeVar
 import yaml
 from pydantic import (
     AfterValidator,
+    AllowInfNan,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -92,8 +93,11 @@ def _broken(rule: str, got: Any = _NOTHING, *, key: str = "", path: str = "") ->
 
 # --------------------------------------------------------------------------------------------- scalars
 
+_Int = Annotated[int, Strict()]
+_Float = Annotated[float, Strict(), AllowInfNan(False)]  # strict still takes an int (1 -> 1.0), never a bool
 _Bool = Annotated[bool, Strict()]
 _Str = Annotated[str, Strict()]
+_KINDS: dict[type, Any] = {int: _Int, float: _Float, bool: _Bool, str: _Str}
 
 
 _Check = Callable[[Any], Any]
@@ -123,11 +127,11 @@ def _among(options: tuple[str, ...]) -> _Check:
 
 
 def _within(kind: type, bounds: Bounds) -> Any:
-    return Annotated[kind, Strict(), AfterValidator(_bounded(kind, bounds))]
+    return Annotated[_KINDS[kind], AfterValidator(_bounded(kind, bounds))]
 
 
 def _one_of(options: tuple[str, ...]) -> Any:
-    return Annotated[str, Strict(), AfterValidator(_among(options))]
+    return Annotated[_Str, AfterValidator(_among(options))]
 
 
 def _valid_name(name: Any) -> str:
@@ -153,6 +157,31 @@ class _Frozen(BaseModel):
     label: ClassVar[str] = "this mapping"
     #: The rule for a value that is not a mapping at all.
     shape: ClassVar[str] = "must be a mapping"
+    #: Whether an empty value (``model:``) stands for the empty mapping: every key at its default.
+    empty_is_default: ClassVar[bool] = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_mapping(cls, value: Any, info: ValidationInfo) -> Any:
+        """The mapping's own rules, before its keys' (as a reader checks a typo before the values around it):
+        a mapping, only known keys, none of the required ones missing."""
+        if value is None and cls.empty_is_default:
+            value = {}
+        value = cls._prepare(value, info.context or {})
+        if isinstance(value, BaseModel):
+            return value
+        if not isinstance(value, dict):
+            raise _broken(cls.shape, value)
+        _known_keys(cls, value)
+        missing = [k for k, field in cls.model_fields.items() if field.is_required() and k not in value]
+        if missing:
+            raise cls.missing(missing, value)
+        return value
+
+    @classmethod
+    def _prepare(cls, value: Any, context: dict[str, Any]) -> Any:
+        """What a subclass checks or fills in first (``study.name`` from the file's name, for one)."""
+        return value
 
     @classmethod
     def unknown_key(cls, key: str) -> str:
@@ -161,52 +190,50 @@ class _Frozen(BaseModel):
         return f"unknown key{hint}" if hint else f"unknown key ({cls.label} takes {', '.join(known)})"
 
     @classmethod
-    def missing_keys(cls, keys: list[str]) -> str:
-        return "missing"
+    def missing(cls, keys: list[str], value: dict[str, Any]) -> PydanticCustomError:
+        return _broken("missing", key=keys[0])
+
+
+def _known_keys(model: type[_Frozen], value: dict[Any, Any]) -> None:
+    for key in value:
+        if not isinstance(key, str) or key not in model.model_fields:
+            raise _broken(model.unknown_key(str(key)), key=str(key))
 
 
 class _Section(_Frozen):
-    """A section, or a mapping within one, that may be left empty (``model:``): then every key has its default."""
+    """A section, or a mapping within one, that may be left empty (``model:``)."""
 
-    @model_validator(mode="before")
-    @classmethod
-    def _empty_is_default(cls, value: Any, info: ValidationInfo) -> Any:
-        return cls._prepare({} if value is None else value, info.context or {})
-
-    @classmethod
-    def _prepare(cls, value: Any, context: dict[str, Any]) -> Any:
-        """The place for checks that must come before the keys' own (a subclass overrides it)."""
-        return value
+    empty_is_default: ClassVar[bool] = True
 
 
-_Number = TypeVar("_Number")  # int or float
+_Kind = TypeVar("_Kind")  # the type of a range's ends, or of a choice's options
 
 
-class Range(_Frozen, Generic[_Number]):
+class Range(_Frozen, Generic[_Kind]):
     """A range to search: ``{low, high}`` with optional ``log`` and ``step``. Integer when its ends are.
 
     Its ends obey the hyperparameter's own rule too; :func:`_value` checks that once the range is consistent.
     """
 
     label: ClassVar[str] = "a range"
-    low: _Number
-    high: _Number
+    low: _Kind
+    high: _Kind
     log: _Bool = Field(False, exclude_if=lambda log: not log)
-    step: _Number | None = Field(None, exclude_if=lambda step: step is None)
+    step: _Kind | None = Field(None, exclude_if=lambda step: step is None)
 
     @classmethod
-    def missing_keys(cls, keys: list[str]) -> str:
-        return f"a range needs low and high; {' and '.join(keys)} missing"
+    def missing(cls, keys: list[str], value: dict[str, Any]) -> PydanticCustomError:
+        return _broken(f"a range needs low and high; {' and '.join(keys)} missing", value)
 
     @model_validator(mode="after")
-    def _consistent(self) -> Range[_Number]:
+    def _consistent(self) -> Range[_Kind]:
         low, high, step = self.low, self.high, self.step
         if not low < high:  # type: ignore[operator]
             raise _broken("low must be below high", shown(f"low={show(low)}, high={show(high)}"))
         if self.log and low <= 0:  # type: ignore[operator]
             raise _broken("a log range needs low > 0", low, key="low")
         if step is not None:
-            if step <= 0:  # type: ignore[operator]
+            if not step > 0:  # type: ignore[operator]
                 raise _broken("must be > 0", step, key="step")
             if self.log:
                 raise _broken("step and log cannot be combined", shown(f"step={show(step)}, log=true"))
@@ -217,21 +244,24 @@ class Range(_Frozen, Generic[_Number]):
         return isinstance(self.low, int) and not isinstance(self.low, bool)
 
     def __repr_name__(self) -> str:
-        return "Range"  # not Range[Annotated[float, Strict(strict=True), AfterValidator], ...]
+        return "Range"  # not Range[Annotated[float, Strict(strict=True), ...]]
 
     def __str__(self) -> str:
         extra = " log" if self.log else f" step {self.step:g}" if self.step is not None else ""
         return f"[{self.low:g}, {self.high:g}]{extra}"
 
 
-_Value = TypeVar("_Value")
+def _a_list(options: Any) -> Any:
+    if not isinstance(options, (list, tuple)):  # a YAML set (!!set) has no order to draw from
+        raise _broken("must be a list of values", options)
+    return options
 
 
-class Choice(_Frozen, Generic[_Value]):
+class Choice(_Frozen, Generic[_Kind]):
     """A choice to search: ``{choice: [...]}``."""
 
     label: ClassVar[str] = "a choice"
-    choice: tuple[_Value, ...] = Field(min_length=1)
+    choice: Annotated[tuple[_Kind, ...], BeforeValidator(_a_list)] = Field(min_length=1)
 
     @property
     def options(self) -> tuple[Any, ...]:
@@ -248,6 +278,17 @@ class Choice(_Frozen, Generic[_Value]):
         return "{" + ", ".join(show(o) for o in self.options) + "}"
 
 
+# One class per kind, made here at the top level, where pydantic registers each under its name in this module,
+# so that the standard pickle finds them (Ray ships specs to workers; a resumed launch reads one back).
+_Ints = Range[_Int]
+_Floats = Range[_Float]
+_RANGES: dict[type, Any] = {int: _Ints, float: _Floats}
+_IntChoice = Choice[_Int]
+_FloatChoice = Choice[_Float]
+_BoolChoice = Choice[_Bool]
+_StrChoice = Choice[_Str]
+_CHOICES: dict[type, Any] = {int: _IntChoice, float: _FloatChoice, bool: _BoolChoice, str: _StrChoice}
+
 #: A hyperparameter as the spec gives it: fixed (a scalar), a range or a choice.
 Value = Range[Any] | Choice[Any] | bool | int | float | str
 
@@ -258,49 +299,52 @@ def is_searched(value: Value) -> bool:
 
 def _shape_of(value: Any) -> str | None:
     """Which form a value takes (the tag of :func:`_value`'s union); ``None`` for a form none accepts."""
-    if isinstance(value, (Range, _NotARange)) or (isinstance(value, dict) and "choice" not in value):
+    if isinstance(value, Range) or (isinstance(value, dict) and "choice" not in value):
         return "(range)"
     if isinstance(value, (Choice, dict)):
         return "(choice)"
     return None if value is None or isinstance(value, list) else "(value)"
 
 
-class _NotARange(_Frozen):
-    """A range where the value is a flag or a string: refused, once its keys are known to be a range's."""
+def _each(check: _Check, keys: Callable[[Any], list[tuple[str, Any]]]) -> Callable[[Any], Any]:
+    """``check`` applied to each of a range's ends or a choice's options, the error naming which."""
 
-    low: Any = None
-    high: Any = None
-    log: Any = None
-    step: Any = None
+    def apply(value: Any) -> Any:
+        for key, item in keys(value):
+            try:
+                check(item)
+            except PydanticCustomError as exc:
+                broken = exc.context or {}
+                raise _broken(broken["rule"], broken["got"], key=key) from None
+        return value
+
+    return apply
+
+
+def _ends(value: Range[Any]) -> list[tuple[str, Any]]:
+    return [("low", value.low), ("high", value.high)]
+
+
+def _options(value: Choice[Any]) -> list[tuple[str, Any]]:
+    return [(f"choice[{i}]", option) for i, option in enumerate(value.options)]
 
 
 def _value(kind: type, check: _Check | None = None) -> Any:
     """A fixed value of ``kind`` passing ``check``, a range of them (numbers only) or a choice of them."""
-    scalar: Any = Annotated[kind, Strict(), AfterValidator(check)] if check else Annotated[kind, Strict()]
-    if kind in (int, float):
-
-        def ends(value: Range[Any]) -> Range[Any]:
-            for key in ("low", "high"):
-                try:
-                    scalar_check(getattr(value, key))
-                except PydanticCustomError as exc:
-                    broken = exc.context or {}
-                    raise _broken(broken["rule"], broken["got"], key=key) from None
-            return value
-
-        scalar_check = check or (lambda value: value)
-        ranged: Any = Annotated[Range[Annotated[kind, Strict()]], AfterValidator(ends)]  # type: ignore[valid-type]
+    fixed: Any = Annotated[_KINDS[kind], AfterValidator(check)] if check else _KINDS[kind]
+    choice: Any = Annotated[_CHOICES[kind], AfterValidator(_each(check, _options))] if check else _CHOICES[kind]
+    if kind in _RANGES:
+        ranged: Any = Annotated[_RANGES[kind], AfterValidator(_each(check, _ends))] if check else _RANGES[kind]
     else:
         word = "true or false" if kind is bool else "a string"
 
-        def no_range(value: Any) -> Any:
+        def no_range(value: dict[Any, Any]) -> Any:
+            _known_keys(Range, value)  # a typo in a key first, as for a range
             raise _broken(f"is {word}, so it cannot be a range; use {{choice: [...]}}")
 
-        ranged = Annotated[_NotARange, AfterValidator(no_range)]
+        ranged = Annotated[dict, BeforeValidator(no_range)]
     return Annotated[
-        Annotated[ranged, Tag("(range)")]
-        | Annotated[Choice[scalar], Tag("(choice)")]
-        | Annotated[scalar, Tag("(value)")],
+        Annotated[ranged, Tag("(range)")] | Annotated[choice, Tag("(choice)")] | Annotated[fixed, Tag("(value)")],
         Discriminator(
             _shape_of,
             custom_error_type="tuner_shape",
@@ -393,7 +437,7 @@ def _interpret(section: DataSection, info: ValidationInfo) -> Data:
         known = (*DATASETS, "csv:PATH", "npz:PATH")
         rule = f"unknown dataset{_hint(section.dataset, known)} (known: {', '.join(known)})"
         raise _broken(rule, section.dataset, key="dataset")
-    if section.dataset == "synthetic" and section.n_classes > 2**section.n_features:
+    if section.dataset == "synthetic" and math.log2(section.n_classes) > section.n_features:  # not 2**n: n may be huge
         raise _broken(f"must be at most 2**n_features = {2**section.n_features}", section.n_classes, key="n_classes")
     return Data(section.dataset, DATASETS[section.dataset].task, path=None, target=None, **common)
 
@@ -473,9 +517,8 @@ class _OptimizersBase(_Frozen):
         known = tuple(OPTIMIZERS)
         return f"unknown optimizer{_hint(key, known)} (known: {', '.join(known)})"
 
-    @model_validator(mode="before")
     @classmethod
-    def _not_empty(cls, value: Any) -> Any:
+    def _prepare(cls, value: Any, context: dict[str, Any]) -> Any:
         if value == {}:
             raise _broken(f"must name at least one optimizer ({', '.join(OPTIMIZERS)})", value)
         return value
@@ -510,7 +553,9 @@ def _optimizers_doc(optimizers: tuple[Optimizer, ...]) -> dict[str, Any]:
 # -- pruning and resources
 
 
-class Divergence(_Frozen):
+class DivergenceSettings(_Frozen):
+    """``pruning.divergence`` as a mapping: the settings of :class:`tuner.pruning.Divergence`'s ratio rule."""
+
     label: ClassVar[str] = "pruning.divergence"
     max_ratio: _within(float, Bounds(1.0, low_open=True)) = 10.0  # type: ignore[valid-type]
     patience: _AtLeast1 = 1  # type: ignore[valid-type]
@@ -519,7 +564,12 @@ class Divergence(_Frozen):
 def _divergence_form(value: Any) -> str | None:
     if isinstance(value, bool):
         return "(switch)"
-    return "(rule)" if isinstance(value, (dict, Divergence)) else None
+    return "(rule)" if isinstance(value, (dict, DivergenceSettings)) else None
+
+
+def _settings_in_effect(value: bool | DivergenceSettings) -> DivergenceSettings | bool:
+    """``true`` is the default settings, written out, so that a study records the values it used."""
+    return DivergenceSettings() if value is True else value
 
 
 class Pruning(_Section):
@@ -531,32 +581,26 @@ class Pruning(_Section):
 
     label: ClassVar[str] = "pruning"
     divergence: Annotated[
-        Annotated[_Bool, Tag("(switch)")] | Annotated[Divergence, Tag("(rule)")],
+        Annotated[_Bool, Tag("(switch)")] | Annotated[DivergenceSettings, Tag("(rule)")],
         Discriminator(
             _divergence_form,
             custom_error_type="tuner_shape",
             custom_error_message="must be true, false or {max_ratio, patience}",
         ),
-    ] = True
+        AfterValidator(_settings_in_effect),
+    ] = DivergenceSettings()
     scheduler: _one_of(tuple(SCHEDULERS)) = "asha"  # type: ignore[valid-type]
     grace_epochs: _AtLeast1 = 2  # type: ignore[valid-type]
     reduction_factor: _within(float, Bounds(1.0, low_open=True)) = 3.0  # type: ignore[valid-type]
 
     @property
-    def _rule(self) -> Divergence | None:
-        if self.divergence is False:
-            return None
-        return Divergence() if self.divergence is True else self.divergence
-
-    @property
     def max_ratio(self) -> float | None:
-        rule = self._rule
-        return None if rule is None else rule.max_ratio
+        return self.divergence.max_ratio if isinstance(self.divergence, DivergenceSettings) else None
 
     @property
     def patience(self) -> int:
-        rule = self._rule
-        return Divergence().patience if rule is None else rule.patience
+        settings = self.divergence if isinstance(self.divergence, DivergenceSettings) else DivergenceSettings()
+        return settings.patience
 
 
 class Resources(_Section):
@@ -595,16 +639,15 @@ class Spec(_Frozen):
         return f"unknown key{hint}" if hint else f"unknown key ({cls.label} takes {', '.join(_SECTIONS)})"
 
     @classmethod
-    def missing_keys(cls, keys: list[str]) -> str:
-        return "missing; list at least one of " + ", ".join(OPTIMIZERS)
+    def missing(cls, keys: list[str], value: dict[str, Any]) -> PydanticCustomError:
+        return _broken("missing; list at least one of " + ", ".join(OPTIMIZERS), key="optimizers")
 
-    @model_validator(mode="before")
     @classmethod
-    def _a_document(cls, value: Any) -> Any:
+    def _prepare(cls, value: Any, context: dict[str, Any]) -> Any:
         if value is None:
             raise _broken("the file is empty; a spec needs at least an optimizers section")
         if not isinstance(value, dict):
-            raise _broken(cls.shape, value)
+            return value
         # An absent section is validated as an empty one, so that each default is the section's own.
         return {**{k: None for k in cls.model_fields if k != "optimizers"}, **value}
 
@@ -746,7 +789,7 @@ class Spec(_Frozen):
             try:
                 update[section] = type(now).model_validate({**now.model_dump(), **new})
             except ValidationError as exc:
-                key, rule, got = _first_error(exc, type(now))
+                key, rule, got = _first_error(exc)
                 raise UsageError(
                     f"--{key.rpartition('.')[2]}: {rule}" + ("" if got is _NOTHING else f" (got {show(got)})")
                 ) from None
@@ -761,81 +804,39 @@ _RULES = {
     "float_type": "must be a number",
     "bool_type": "must be true or false",
     "string_type": "must be a string",
-    "tuple_type": "must be a list of values",
+    "finite_number": "must be a finite number",
     "too_short": "must list at least one value",
 }
-#: The models a tag of a tagged union stands for, where a location passes through one.
-_TAGGED: dict[str, type[_Frozen] | None] = {"(range)": Range, "(choice)": Choice, "(value)": None, "(rule)": Divergence}
 
 
-def _model_at(root: type[_Frozen], loc: tuple[Any, ...]) -> type[_Frozen] | None:
-    """The model whose keys the location ``loc`` reaches into."""
-    model: type[_Frozen] | None = root
-    for part in loc:
-        if isinstance(part, str) and part in _TAGGED:
-            model = _TAGGED[part]
-        elif model is None or part not in model.model_fields:
-            return None
-        else:
-            annotation = model.model_fields[part].annotation
-            model = annotation if isinstance(annotation, type) and issubclass(annotation, _Frozen) else None
-    return model
-
-
-def _first_error(exc: ValidationError, root: type[_Frozen]) -> tuple[str, str, Any]:
-    """The error a reader should see first, as (key path, rule, value found or ``_NOTHING``).
-
-    Pydantic lists errors in the order it validates; an unknown key goes first among its siblings, as a typo is
-    the likelier cause of whatever else is wrong with the same mapping.
-    """
-    errors = exc.errors(include_url=False)
-    first = errors[0]
-    for error in errors:
-        if error["type"] == "extra_forbidden" and first["loc"][: len(error["loc"]) - 1] == error["loc"][:-1]:
-            first = error
-            break
-    loc, kind, context = first["loc"], first["type"], first.get("ctx") or {}
-    got: Any = first["input"]
-    where = loc
+def _first_error(exc: ValidationError) -> tuple[str, str, Any]:
+    """The first error, as (key path, rule, value found or ``_NOTHING``). Pydantic lists errors in the order
+    it validates, which is the order of the sections and keys in the models."""
+    first = exc.errors(include_url=False)[0]
+    kind, context = first["type"], first.get("ctx") or {}
     if kind == "tuner":
-        got = context.get("got", _NOTHING)
-        where = (*loc, context["key"]) if context.get("key") else loc
-        rule = context["rule"]
-    elif kind == "extra_forbidden":
-        model = _model_at(root, loc[:-1])
-        rule, got = (model or _Frozen).unknown_key(str(loc[-1])), _NOTHING
-    elif kind == "missing":
-        parent = loc[:-1]
-        keys = [str(e["loc"][-1]) for e in errors if e["type"] == "missing" and e["loc"][:-1] == parent]
-        model = _model_at(root, parent) or _Frozen
-        rule = model.missing_keys(keys)
-        if model is Range:
-            where = parent  # a range missing an end: the range is at fault, shown whole
-        else:
-            got = _NOTHING
-    elif kind in ("model_type", "dict_type"):
-        rule = (_model_at(root, loc) or _Frozen).shape
-    elif kind == "tuner_shape":
-        rule = first["msg"]
-    else:
-        rule = _RULES.get(kind, first["msg"][:1].lower() + first["msg"][1:])
-    path = str(context["path"]) if kind == "tuner" and context.get("path") else _dotted(where)
-    return path, rule, got
+        if context.get("path"):
+            return str(context["path"]), context["rule"], context.get("got", _NOTHING)
+        key = (context["key"],) if context.get("key") else ()
+        return _dotted((*first["loc"], *key)), context["rule"], context.get("got", _NOTHING)
+    rule = first["msg"] if kind == "tuner_shape" else _RULES.get(kind, first["msg"][:1].lower() + first["msg"][1:])
+    return _dotted(first["loc"]), rule, first["input"]
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:
-    """``('model', 'activation', '(choice)', 'choice', 1)`` -> ``model.activation.choice[1]``."""
+    """``('model', 'activation', '(choice)', 'choice[1]')`` -> ``model.activation.choice[1]``: without the tags
+    of :func:`_value`'s union."""
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part not in _TAGGED:
+        elif not re.fullmatch(r"\(\w+\)", str(part)):
             out = f"{out}.{part}" if out else str(part)
     return out
 
 
 def _located(exc: ValidationError, source: str) -> SpecError:
-    key, rule, got = _first_error(exc, Spec)
+    key, rule, got = _first_error(exc)
     return SpecError(source, key, rule) if got is _NOTHING else SpecError(source, key, rule, got)
 
 
