@@ -42,7 +42,15 @@ def test_validate_rejects_a_bad_spec_with_one_line_and_exit_2(path: Path) -> Non
 
 @pytest.mark.parametrize(
     "path",
-    [BAD[0], *(p for p in BAD if p.stem in ("low_above_high", "missing_csv", "unknown_optimizer"))],
+    [
+        BAD[0],
+        *(
+            p
+            for p in BAD
+            if p.stem
+            in ("low_above_high", "missing_csv", "unknown_optimizer", "csv_one_class", "duplicate_key", "not_utf8")
+        ),
+    ],
     ids=lambda p: p.stem,
 )
 def test_launch_with_a_bad_spec_creates_nothing(path: Path, tmp_path: Path) -> None:

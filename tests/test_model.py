@@ -97,6 +97,16 @@ def test_a_diverging_loss_stops_training_and_reports_no_nan(iris: Dataset) -> No
     assert last["loss"] is None
 
 
+def test_a_non_finite_loss_stops_the_epoch_at_that_batch(iris: Dataset) -> None:
+    """The rest of the epoch would be NaN too: the engine stops at the batch whose loss is not finite."""
+    compiled = engine.Engine(engine.Shape.of(iris, config()))
+    compiled.reset("sgd", {"learning_rate": 1e6}, seed=7)
+    x, y = model.tf.constant(iris.x_train), model.tf.constant(iris.y_train)
+    loss, _, first, seen = compiled.train_epoch(x, y, np.arange(len(iris.x_train)), 8)
+    assert math.isfinite(first) and not math.isfinite(loss)
+    assert 8 <= seen < len(iris.x_train)  # some batches, not all
+
+
 def test_layers_units_and_dropout_shape_the_model() -> None:
     net = model.build_model(4, 3, layers=2, units=8, activation="tanh", dropout=0.5)
     kinds = [type(layer).__name__ for layer in net.layers]
@@ -125,16 +135,25 @@ def test_the_engine_trains_exactly_as_keras_fit(name: str, params: dict[str, Any
     assert_trains_as_keras_fit(name, params)
 
 
-def assert_trains_as_keras_fit(name: str, params: dict[str, Any]) -> None:
+def test_the_engine_trains_regression_exactly_as_keras_fit() -> None:
+    """A linear output and mean squared error, as Keras' fit trains them, with another activation."""
+    assert_trains_as_keras_fit("adam", {"learning_rate": 0.01}, dataset="diabetes", activation="tanh")
+
+
+def assert_trains_as_keras_fit(
+    name: str, params: dict[str, Any], *, dataset: str = "digits", activation: str = "relu"
+) -> None:
     """Same initial weights, same batch order: tuner's engine and Keras' own optimizer under model.fit agree
     on the loss of every epoch and on the weights after three."""
-    data = load_dataset(parse_spec({"data": {"dataset": "digits"}, "optimizers": {"adam": {}}}).data, seed=0)
-    shape = engine.Shape(64, 10, layers=2, units=32, activation="relu", dropout=0.0)
+    data = load_dataset(parse_spec({"data": {"dataset": dataset}, "optimizers": {"adam": {}}}).data, seed=0)
+    outputs = data.n_classes if data.task == "classification" else 1
+    shape = engine.Shape(data.n_features, outputs, layers=2, units=32, activation=activation, dropout=0.0)
     compiled = engine.Engine(shape)
     compiled.reset(name, params, seed=3)
-    net = model.build_model(64, 10, layers=2, units=32, activation="relu", dropout=0.0)
+    net = model.build_model(data.n_features, outputs, layers=2, units=32, activation=activation, dropout=0.0)
     net.set_weights([w.numpy() for w in compiled.net.weights])
-    net.compile(optimizer=model.build_optimizer(name, params), loss="sparse_categorical_crossentropy")
+    loss = "sparse_categorical_crossentropy" if data.task == "classification" else "mse"
+    net.compile(optimizer=model.build_optimizer(name, params), loss=loss)
     rng = np.random.default_rng(0)
     orders = [rng.permutation(len(data.x_train)) for _ in range(3)]
     x, y = model.tf.constant(data.x_train), model.tf.constant(data.y_train)

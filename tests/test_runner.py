@@ -56,7 +56,7 @@ def test_optimizers_study_runs_and_optuna_holds_every_trial(tmp_path: Path) -> N
 def test_a_trial_that_raises_is_failed_and_the_study_goes_on(tmp_path: Path) -> None:
     def flaky(config: dict[str, Any], data: Any, **options: Any) -> None:
         if config["trial_number"] == 1:
-            raise RuntimeError("boom in trial 1")
+            raise RuntimeError("boom in trial 1\nwhile doing this and that")  # fail_reason: type, first line
         train_trial(config, data, **options)
 
     spec = parse_spec({"study": {"name": "flaky", "trials": 3}, "training": {"epochs": 1}, "optimizers": {"adam": {}}})
@@ -212,3 +212,42 @@ def test_a_killed_driver_is_resumed_with_exactly_the_trials_it_asked_for(
         keys = [o["Key"] for o in bucket["Contents"] if o["Key"].startswith(f"{tmp_path.name}/kill-")]
         assert len({k.split("/")[1] for k in keys if "/checkpoint_" in k}) == 2  # two experiments
         assert not list(workdir.glob("**/checkpoint_*"))
+
+
+def test_two_launches_at_once_into_a_fresh_workdir_both_succeed(tmp_path: Path) -> None:
+    """Two real `tuner launch` processes, started together into an empty work directory, both create or open
+    the stores (Optuna's and MLflow's tables are made on first use): 2 + 3 trials in Optuna, two parent runs in
+    MLflow with their own children, none twice, none RUNNING."""
+    import subprocess
+
+    from .conftest import tuner_command, write
+
+    spec = write(
+        tmp_path / "s.yaml",
+        "study: {name: twice}\ndata: {dataset: iris}\ntraining: {epochs: 2}\noptimizers: {adam: {}}\n",
+    )
+    workdir = tmp_path / "work"
+    launches = [
+        subprocess.Popen(
+            [tuner_command(), "launch", str(spec), "--workdir", str(workdir), "--trials", str(n), "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in (2, 3)
+    ]
+    outputs = [launch.communicate(timeout=600) for launch in launches]
+    for launch, (_, err) in zip(launches, outputs, strict=True):
+        assert launch.returncode == 0, err[-3000:]
+    summaries = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+
+    trials = optuna.load_study(study_name="twice", storage=f"sqlite:///{workdir / 'optuna.db'}").trials
+    assert sorted(t.number for t in trials) == list(range(5))
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    client = MlflowClient(summaries[0]["mlflow"]["tracking_uri"])
+    runs = client.search_runs([summaries[0]["mlflow"]["experiment_id"]])
+    parents = {r.info.run_id for r in runs if "mlflow.parentRunId" not in r.data.tags}
+    assert parents == {s["mlflow"]["parent_run_id"] for s in summaries}
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in children) == list(range(5))
+    assert {r.info.status for r in runs} == {"FINISHED"}

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -16,7 +18,7 @@ BAD = sorted((Path(__file__).parent / "bad_specs").glob("*.yaml"))
 
 
 def expected_error(path: Path) -> str:
-    first = path.read_text().splitlines()[0] if path.stat().st_size else ""
+    first = path.read_bytes().split(b"\n")[0].decode() if path.stat().st_size else ""  # the rest may not be UTF-8
     assert first.startswith("# error: "), f"{path.name} must start with '# error: <message>'"
     # {optimizers}: the registry's names, so that registering an optimizer changes no expected message
     message = first.removeprefix("# error: ").replace("{here}", str(path.parent))
@@ -89,9 +91,9 @@ def test_mode_follows_the_metric(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("csv_text", "task"),
     [
-        ("a,b,y\n1,2,cat\n3,4,dog\n", "classification"),
-        ("a,b,y\n1,2,0\n3,4,1\n", "classification"),
-        ("a,b,y\n1,2,0.5\n3,4,1.25\n", "regression"),
+        ("a,b,y\n" + "1,2,cat\n3,4,dog\n" * 5, "classification"),
+        ("a,b,y\n" + "1,2,0\n3,4,1\n" * 5, "classification"),
+        ("a,b,y\n" + "1,2,0.5\n3,4,1.25\n" * 5, "regression"),
     ],
 )
 def test_csv_task_is_inferred(tmp_path: Path, csv_text: str, task: str) -> None:
@@ -102,7 +104,7 @@ def test_csv_task_is_inferred(tmp_path: Path, csv_text: str, task: str) -> None:
 
 
 def test_csv_with_text_features_is_refused(tmp_path: Path) -> None:
-    write(tmp_path / "d.csv", "a,b,y\n1,2,0\n3,x,1\n")
+    write(tmp_path / "d.csv", "a,b,y\n1,2,0\n3,x,1\n" + "5,6,0\n" * 10)
     with pytest.raises(SpecError) as info:
         load_spec(write(tmp_path / "s.yaml", "data: {dataset: 'csv:d.csv', target: y}\noptimizers: {adam: {}}\n"))
     assert str(info.value).endswith(
@@ -115,6 +117,24 @@ def test_npz_needs_x_and_y(tmp_path: Path) -> None:
 
     np.savez(tmp_path / "d.npz", features=np.zeros((4, 2)))
     with pytest.raises(SpecError, match=r"must hold arrays named x and y \(found: features\)"):
+        load_spec(write(tmp_path / "s.yaml", "data: {dataset: 'npz:d.npz'}\noptimizers: {adam: {}}\n"))
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"x": [[0.0, 1.0]] * 12, "y": [0.0] * 5 + [float("nan")] + [1.0] * 6}, "y must hold finite numbers or labels"),
+        ({"x": [[0.0, 1.0]] * 4, "y": [0, 1, 0, 1]}, "holds 4 examples; a dataset needs at least 10"),
+        ({"x": [[0.0, 1.0]] * 12, "y": [3] * 12}, "a classification target needs at least 2 classes; this one has 1"),
+        ({"x": [[0.0, float("inf")]] * 12, "y": [0, 1] * 6}, "x must hold finite numbers"),
+    ],
+    ids=["nan-target", "few-examples", "one-class", "inf-feature"],
+)
+def test_a_bad_npz_is_refused_at_validation(tmp_path: Path, arrays: dict[str, list[Any]], message: str) -> None:
+    import numpy as np
+
+    np.savez(tmp_path / "d.npz", **{k: np.array(v) for k, v in arrays.items()})
+    with pytest.raises(SpecError, match=re.escape(message)):
         load_spec(write(tmp_path / "s.yaml", "data: {dataset: 'npz:d.npz'}\noptimizers: {adam: {}}\n"))
 
 

@@ -18,10 +18,22 @@ from tuner.errors import SpecError
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["DATASETS", "Builtin", "Data", "DataFileError", "Dataset", "csv_columns", "load_dataset", "resolve_task"]
+__all__ = [
+    "DATASETS",
+    "MIN_EXAMPLES",
+    "Builtin",
+    "Data",
+    "DataFileError",
+    "Dataset",
+    "csv_columns",
+    "load_dataset",
+    "resolve_task",
+]
 
 #: An integer target with at most this many distinct values is read as class labels.
 MAX_INFERRED_CLASSES = 20
+#: The fewest examples a dataset may have: a validation split and a training part need a few each.
+MIN_EXAMPLES = 10
 
 
 @dataclass(frozen=True)
@@ -185,16 +197,35 @@ def _split(
 # --------------------------------------------------------------------------------------------- user files
 
 
+def _text(path: Path, kind: str) -> str:
+    """A user's text file, which must be UTF-8 (a byte-order mark is allowed)."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        rule = f"{path} line {line}: must be UTF-8 text; byte 0x{raw[exc.start]:02x} is not"
+        raise DataFileError("data.dataset", rule, f"{kind}:{path}") from None
+
+
+def _csv_rows(path: Path) -> list[list[str]]:
+    return list(csv.reader(_text(path, "csv").splitlines(keepends=True)))
+
+
 def csv_columns(path: Path) -> list[str]:
-    with path.open(newline="", encoding="utf-8") as f:
-        return next(csv.reader(f), [])
+    """The header of a CSV file (empty if the file is).
+
+    Raises:
+        DataFileError: the file is not UTF-8 text.
+    """
+    rows = _csv_rows(path)
+    return rows[0] if rows else []
 
 
 def _read_csv(path: Path, target: str) -> tuple[np.ndarray, np.ndarray]:
     import numpy as np
 
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
+    rows = _csv_rows(path)
     if not rows:
         raise DataFileError("data.dataset", f"{path} is empty", f"csv:{path}")
     header, body = rows[0], [r for r in rows[1:] if r]
@@ -205,8 +236,9 @@ def _read_csv(path: Path, target: str) -> tuple[np.ndarray, np.ndarray]:
         hint = f"; did you mean {close[0]!r}?" if close else ""
         rule = f"no such column in {path.name}{hint} (columns: {', '.join(header)})"
         raise DataFileError("data.target", rule, target)
-    if not body:
-        raise DataFileError("data.dataset", f"{path} has a header but no rows", f"csv:{path}")
+    if len(body) < MIN_EXAMPLES:
+        rule = f"{path} has {len(body)} row{'s' * (len(body) != 1)}; a dataset needs at least {MIN_EXAMPLES}"
+        raise DataFileError("data.dataset", rule, f"csv:{path}")
     t = header.index(target)
     features = [i for i in range(len(header)) if i != t]
     if not features:
@@ -225,18 +257,26 @@ def _read_csv(path: Path, target: str) -> tuple[np.ndarray, np.ndarray]:
             if not math.isfinite(x[n - 2, j]):
                 rule = f"{path} line {n}, column {header[i]!r}: features must be finite numbers"
                 raise DataFileError("data.dataset", rule, row[i]) from None
+        if not row[t].strip():
+            rule = f"{path} line {n}, column {target!r}: every row needs a target value"
+            raise DataFileError("data.target", rule, row[t])
         y.append(row[t])
-    return x, _labels(y)
+    return x, _labels(y, path, target)
 
 
-def _labels(values: list[str]) -> np.ndarray:
+def _labels(values: list[str], path: Path, target: str) -> np.ndarray:
+    """The target column: numbers if every cell is one (integers if whole), else text labels."""
     import numpy as np
 
     try:
         numbers = np.array([float(v) for v in values])
     except ValueError:
         return np.array(values)
-    if np.all(np.isfinite(numbers)) and np.all(numbers == np.round(numbers)):
+    if not np.all(np.isfinite(numbers)):
+        n = int(np.flatnonzero(~np.isfinite(numbers))[0])
+        rule = f"{path} line {n + 2}, column {target!r}: a numeric target must be finite"
+        raise DataFileError("data.target", rule, values[n])
+    if np.all(numbers == np.round(numbers)):
         return numbers.astype(np.int64)
     return numbers
 
@@ -258,6 +298,13 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataFileError("data.dataset", rule, f"x {x.shape}, y {y.shape}")
     if not np.issubdtype(x.dtype, np.number) or not np.all(np.isfinite(x)):
         raise DataFileError("data.dataset", f"{path}: x must hold finite numbers", str(x.dtype))
+    if np.issubdtype(y.dtype, np.number) and not np.all(np.isfinite(y)):
+        raise DataFileError("data.dataset", f"{path}: y must hold finite numbers or labels", str(y.dtype))
+    if not (np.issubdtype(y.dtype, np.number) or np.issubdtype(y.dtype, np.str_) or y.dtype == np.bool_):
+        raise DataFileError("data.dataset", f"{path}: y must hold numbers or text labels", str(y.dtype))
+    if len(x) < MIN_EXAMPLES:
+        rule = f"{path} holds {len(x)} example{'s' * (len(x) != 1)}; a dataset needs at least {MIN_EXAMPLES}"
+        raise DataFileError("data.dataset", rule, f"npz:{path}")
     return x, y
 
 
@@ -278,8 +325,12 @@ def resolve_task(kind: str, path: Path, target: str | None, task: str | None) ->
     numeric = np.issubdtype(y.dtype, np.number) and y.dtype != np.bool_
     if task == "regression" and not numeric:
         raise DataFileError("data.task", "a regression target must hold numbers; this one holds text", task)
-    if task is not None:
-        return task
-    if not numeric or (np.issubdtype(y.dtype, np.integer) and len(np.unique(y)) <= MAX_INFERRED_CLASSES):
-        return "classification"
-    return "regression"
+    if task is None:
+        few = np.issubdtype(y.dtype, np.integer) and len(np.unique(y)) <= MAX_INFERRED_CLASSES
+        task = "classification" if not numeric or few else "regression"
+    classes = np.unique(y)
+    if task == "classification" and len(classes) < 2:
+        key = "data.target" if kind == "csv" else "data.dataset"
+        rule = f"{path}: a classification target needs at least 2 classes; this one has 1"
+        raise DataFileError(key, rule, classes[0].item())
+    return task

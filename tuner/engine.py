@@ -230,7 +230,7 @@ class Engine:
             first = tf.where(step == 0, loss, first)
             if not tf.math.is_finite(loss):  # stop inside the epoch: the rest of it would be NaN too
                 break
-        return loss_sum / seen, metric_sum / seen, first
+        return loss_sum / seen, metric_sum / seen, first, seen
 
     def _evaluate(self, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         n = tf.shape(x)[0]
@@ -247,10 +247,13 @@ class Engine:
 
     # -- an epoch, from Python
 
-    def train_epoch(self, x: tf.Tensor, y: tf.Tensor, order: np.ndarray, batch_size: int) -> tuple[float, float, float]:
-        """Train one epoch over ``x[order]``; returns the mean loss and metric and the first batch's loss."""
-        loss, metric, first = self._train(x, y, tf.constant(order, tf.int32), tf.constant(batch_size, tf.int32))
-        return float(loss), float(metric), float(first)
+    def train_epoch(
+        self, x: tf.Tensor, y: tf.Tensor, order: np.ndarray, batch_size: int
+    ) -> tuple[float, float, float, int]:
+        """Train one epoch over ``x[order]``; returns the mean loss and metric, the first batch's loss and how
+        many examples it trained on (fewer than ``len(order)`` when a non-finite loss stopped it)."""
+        loss, metric, first, seen = self._train(x, y, tf.constant(order, tf.int32), tf.constant(batch_size, tf.int32))
+        return float(loss), float(metric), float(first), int(seen)
 
     def evaluate(self, x: tf.Tensor, y: tf.Tensor) -> tuple[float, float]:
         loss, metric = self._eval(x, y)
@@ -378,7 +381,7 @@ def train(
         return
     metric = "accuracy" if engine.classify else "mae"
     for epoch in range(done + 1, epochs + 1):
-        loss, score, first = engine.train_epoch(x, y, rng.permutation(len(data.x_train)), int(config["batch_size"]))
+        loss, score, first, _ = engine.train_epoch(x, y, rng.permutation(len(data.x_train)), int(config["batch_size"]))
         rule.first(first)
         val_loss, val_score = engine.evaluate(x_val, y_val)
         metrics: dict[str, Any] = {"loss": loss, metric: score, "val_loss": val_loss, f"val_{metric}": val_score}

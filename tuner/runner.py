@@ -303,14 +303,32 @@ def _prepare(
     """Everything a study needs besides Ray: the data, the Optuna storage, the MLflow records."""
     dataset = load_dataset(spec.data, seed=spec.study.seed, source=spec.source)
     stores.workdir.mkdir(parents=True, exist_ok=True)
-    storage = open_storage(stores.storage_url)
-    check_compatible(storage, spec)
-    local_store = not stores.tracking_uri.startswith(("http://", "https://"))
-    artifacts = stores.workdir / "mlartifacts" if local_store else None
-    tracker = tracking.Tracker(
-        spec, stores.tracking_uri, artifact_root=artifacts, warn=warn, parent_run_id=parent_run_id, curves=curves
-    )
+    with _creating(stores.storage_url, stores.tracking_uri):
+        storage = open_storage(stores.storage_url)
+        check_compatible(storage, spec)
+        local_store = not stores.tracking_uri.startswith(("http://", "https://"))
+        artifacts = stores.workdir / "mlartifacts" if local_store else None
+        tracker = tracking.Tracker(
+            spec, stores.tracking_uri, artifact_root=artifacts, warn=warn, parent_run_id=parent_run_id, curves=curves
+        )
     return dataset, storage, tracker
+
+
+@contextlib.contextmanager
+def _creating(*urls: str) -> Iterator[None]:
+    """One launch at a time creates or opens the SQLite stores among ``urls``: Optuna and MLflow each create
+    their tables on first use, and two launches doing it at once into a fresh work directory collide ("table
+    alembic_version already exists"). A lock file beside each database; the system drops it if a launch dies."""
+    import fcntl
+
+    from sqlalchemy.engine import make_url
+
+    paths = sorted({make_url(u).database or "" for u in urls if u.startswith("sqlite")} - {"", ":memory:"})
+    with contextlib.ExitStack() as stack:
+        for path in paths:  # in one order, so that two launches never hold one lock each
+            lock = stack.enter_context(open(f"{os.path.abspath(path)}.lock", "a"))
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _tune(

@@ -396,7 +396,7 @@ class DataSection(_Section):
     validation_split: _within(float, Bounds(0.0, 1.0, True, True)) = 0.2  # type: ignore[valid-type]
     target: _Str | None = None
     task: _one_of(TASKS) | None = None  # type: ignore[valid-type]
-    n_samples: _within(int, Bounds(10)) = 1000  # type: ignore[valid-type]
+    n_samples: _within(int, Bounds(datamod.MIN_EXAMPLES)) = 1000  # type: ignore[valid-type]
     n_features: _AtLeast1 = 20  # type: ignore[valid-type]
     n_classes: _within(int, Bounds(2)) = 2  # type: ignore[valid-type]
     seed: _Natural | None = None  # type: ignore[valid-type]
@@ -425,10 +425,11 @@ def _interpret(section: DataSection, info: ValidationInfo) -> Data:
         path = (Path((info.context or {}).get("base") or Path.cwd()) / file).resolve()
         if not path.is_file():
             raise _broken(f"file not found: {path}", section.dataset, key="dataset")
-        if kind == "csv" and section.target is None:
-            columns = ", ".join(datamod.csv_columns(path))
-            raise _broken(f"a csv dataset needs the name of its target column (columns: {columns})", key="target")
         try:
+            if kind == "csv" and section.target is None:
+                columns = ", ".join(datamod.csv_columns(path))
+                rule = f"a csv dataset needs the name of its target column (columns: {columns})"
+                raise _broken(rule, key="target")
             task = datamod.resolve_task(kind, path, section.target, section.task)
         except datamod.DataFileError as exc:
             raise _broken(exc.rule, exc.got, path=exc.key) from None
@@ -844,7 +845,22 @@ def _located(exc: ValidationError, source: str) -> SpecError:
 
 
 class _Loader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that reads ``1e-5`` as a number, as YAML 1.2 does (PyYAML reads a string)."""
+    """``yaml.SafeLoader`` that reads ``1e-5`` as a number, as YAML 1.2 does (PyYAML reads a string), and refuses
+    a key given twice in one mapping (PyYAML keeps the last value, silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # '<<: *defaults' merges keys that the mapping's own may then override
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, list | dict):
+                continue  # unhashable: PyYAML's own error names it
+            if key in seen:
+                problem = f"key {show(key)} is given twice in one mapping"
+                raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -870,9 +886,15 @@ def load_spec(path: str | Path) -> Spec:
     """
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        raw = Path(path).read_bytes()
     except OSError as exc:
         raise SpecError(source, "", f"cannot read the file: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line, column = raw.count(b"\n", 0, exc.start) + 1, exc.start - raw.rfind(b"\n", 0, exc.start)
+        rule = f"must be UTF-8 text; byte 0x{raw[exc.start]:02x} is not"
+        raise SpecError(source, f"line {line}, column {column}", rule) from None
     try:
         doc = yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: builds plain data only
     except yaml.MarkedYAMLError as exc:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray import tune
 
@@ -177,7 +178,14 @@ class Tracker:
         experiment = self.client.get_experiment_by_name(name)
         if experiment is None:
             location = (artifact_root / name).as_uri() if artifact_root else None
-            self.experiment_id = self.client.create_experiment(name, artifact_location=location)
+            try:
+                self.experiment_id = self.client.create_experiment(name, artifact_location=location)
+            except MlflowException as exc:  # another launch of the study created it meanwhile
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS" or not (
+                    experiment := self.client.get_experiment_by_name(name)
+                ):
+                    raise
+                self.experiment_id = experiment.experiment_id
         else:
             self.experiment_id = experiment.experiment_id
         self.client.set_experiment_tag(self.experiment_id, KIND_TAG, "custom_model_development")
