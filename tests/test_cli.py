@@ -12,6 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from tuner.cli import main
@@ -136,7 +137,10 @@ def test_launch_end_to_end_with_json_and_the_optuna_cli(optimizers_launch: tuple
     assert optuna_best["value"] == best["value"] and optuna_best["state"] == "COMPLETE"
 
 
-def test_ctrl_c_stops_the_study_cleanly(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("stop", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_and_sigterm_stop_the_study_cleanly(tmp_path: Path, stop: signal.Signals, status: int) -> None:
+    """Ctrl-C, or SIGTERM (kill, docker stop, a Ray job being stopped), mid-study: the running trials become FAIL
+    'interrupted before it finished' in Optuna, every MLflow run is closed, and the exit status says which."""
     spec = write(
         tmp_path / "long.yaml",
         "study: {name: long, trials: 40}\ntraining: {epochs: 30}\npruning: {scheduler: none}\noptimizers: {adam: {}}\n",
@@ -154,17 +158,24 @@ def test_ctrl_c_stops_the_study_cleanly(tmp_path: Path) -> None:
         lines.append(line)
         if line.startswith("[") or time.monotonic() > deadline:
             break
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     out, err = proc.communicate(timeout=180)
-    assert proc.returncode == 130, err
+    assert proc.returncode == status, err
     assert "Traceback" not in err
-    assert json.loads(out.strip().splitlines()[-1])["interrupted"] is True
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["interrupted"] is True and summary["terminated"] is (stop == signal.SIGTERM)
     study = optuna.load_study(study_name="long", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     states = [t.state for t in study.trials]
     assert TrialState.RUNNING not in states and TrialState.COMPLETE in states
     assert len(states) < 40
     interrupted = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert interrupted, "a trial was running when the signal came"
     assert all(t.user_attrs["fail_reason"] == "interrupted before it finished" for t in interrupted)
+    client = MlflowClient(summary["mlflow"]["tracking_uri"])
+    runs = client.search_runs([summary["mlflow"]["experiment_id"]])
+    assert runs and "RUNNING" not in {r.info.status for r in runs}
+    failed = {int(r.data.tags["optuna.trial_number"]) for r in runs if r.data.tags.get("fail_reason")}
+    assert failed == {t.number for t in interrupted}
 
 
 def test_a_storage_optuna_cannot_open_is_exit_1_and_one_line(tmp_path: Path) -> None:

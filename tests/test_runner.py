@@ -88,6 +88,7 @@ def test_diverging_trials_are_pruned_and_nan_never_reaches_optuna(tmp_path: Path
 def test_a_study_leaves_the_callers_process_as_it_found_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import logging
     import os
+    import signal
     import warnings
 
     spec = parse_spec({"study": {"name": "tidy", "trials": 1}, "training": {"epochs": 1}, "optimizers": {"sgd": {}}})
@@ -98,8 +99,10 @@ def test_a_study_leaves_the_callers_process_as_it_found_it(tmp_path: Path, monke
     optuna.logging.set_verbosity(optuna.logging.DEBUG)
     try:
         environ, filters = dict(os.environ), list(warnings.filters)
+        sigterm = signal.getsignal(signal.SIGTERM)  # ray.init replaces it; so does the launch, while it runs
         result = run_study(spec, RunOptions(workdir=tmp_path, verbose=False))
         assert result.counts()["complete"] == 1
+        assert signal.getsignal(signal.SIGTERM) is sigterm
         assert dict(os.environ) == environ
         assert list(warnings.filters) == filters
         assert {name: logging.getLogger(name).level for name in QUIET_LOGGERS} == dict.fromkeys(

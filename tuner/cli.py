@@ -1,6 +1,7 @@
 """The ``tuner`` command. Each command parses, calls one function, prints.
 
-Exit codes: 0 success; 2 bad input (a spec or an option); 1 anything else; 130 interrupted.
+Exit codes: 0 success; 2 bad input (a spec or an option); 1 anything else; 130 interrupted (Ctrl-C);
+143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from tuner import __version__
-from tuner.errors import TunerError, UsageError
+from tuner.errors import Terminated, TunerError, UsageError
 from tuner.spec import load_spec
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -26,7 +27,8 @@ VERBOSE = "tuner.verbose"
 
 class _Group(click.Group):
     """The command group, which turns every error a command raises into one line on stderr and an exit code:
-    a TunerError's own (2 for bad input), 130 for Ctrl-C, 1 for anything else. ``--verbose`` adds the trace."""
+    a TunerError's own (2 for bad input), 130 for Ctrl-C, 143 for SIGTERM, 1 for anything else. ``--verbose``
+    adds the trace."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -37,9 +39,10 @@ class _Group(click.Group):
             self._trace(ctx)
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            stopped = isinstance(exc, Terminated)
+            click.echo("terminated" if stopped else "interrupted", err=True)
+            sys.exit(143 if stopped else 130)
         except Exception as exc:  # the CLI's last line of defence
             self._trace(ctx)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -196,11 +199,11 @@ def _run(name: str, spec: Any, *, as_json: bool, verbose: bool, workdir: str, **
         click.echo(json.dumps(result.to_json()))
     if result.interrupted:
         click.echo(
-            f"interrupted: unfinished trials were recorded as failed; `tuner resume {result.study}` runs the ones "
-            "that had not started",
+            f"{'terminated' if result.terminated else 'interrupted'}: unfinished trials were recorded as failed; "
+            f"`tuner resume {result.study}` runs the ones that had not started",
             err=True,
         )
-        sys.exit(130)
+        sys.exit(143 if result.terminated else 130)
 
 
 def _mlflow_line(runs: dict[str, str], study: str, workdir: str) -> str:

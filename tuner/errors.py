@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["SpecError", "TunerError", "UsageError", "show"]
+__all__ = ["SpecError", "Terminated", "TunerError", "UsageError", "show"]
 
 _MISSING: Any = object()
 
@@ -19,6 +19,11 @@ class UsageError(TunerError):
     """Bad input: a command-line option or a spec. Nothing has been created when this is raised."""
 
     exit_code = 2
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``docker stop``, ``kill``, a Ray job being stopped), which tuner handles as Ctrl-C; the CLI then
+    exits with 143 (128 + 15), as a process that SIGTERM ended does."""
 
 
 class SpecError(UsageError):

@@ -47,6 +47,8 @@ class StudyResult:
     wall_seconds: float
     experiment_path: str
     interrupted: bool = False
+    #: Interrupted by SIGTERM rather than Ctrl-C.
+    terminated: bool = False
     mlflow: dict[str, str] | None = None
 
     def counts(self) -> dict[str, int]:
@@ -75,6 +77,7 @@ class StudyResult:
             "metric": self.metric,
             "mode": self.mode,
             "interrupted": self.interrupted,
+            "terminated": self.terminated,
             "mlflow": self.mlflow,
         }
 

@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import tempfile
 import threading
 import time
@@ -25,7 +26,7 @@ from ray import tune
 
 from tuner import report, tracking
 from tuner.data import Dataset, load_dataset
-from tuner.errors import TunerError, UsageError
+from tuner.errors import Terminated, TunerError, UsageError
 from tuner.pruning import make_scheduler
 from tuner.results import Curves, Launch, StudyResult, TrialOutcome
 from tuner.search import (
@@ -208,29 +209,31 @@ def _execute(spec: Spec, plan: _Plan, options: RunOptions) -> StudyResult:
         curves = Curves()  # every trial's curves, recorded by the search, read by the diagnosis and the records
         session = _connect(spec, plan, stores, options, curves)
         stopping: threading.Thread | None = None
-        try:
-            search = StudySearch(
-                spec,
-                storage=session.storage,
-                sampler=sampler,
-                launch=plan.launch,
-                adopt=plan.adopt,
-                curves=curves,
-            )
-            result = _tune(spec, plan, stores, options, session, search)
-            # Ray's shutdown (a second or so of stopping processes) runs beside the last MLflow writes and plots.
-            if session.own_ray:
-                stopping = threading.Thread(target=ray.shutdown)
-                stopping.start()
-            model_uri = _finish(spec, result, search, session.tracker, options.warn)
-        except BaseException:
-            session.tracker.fail()
-            raise
-        finally:
-            if stopping:
-                stopping.join()
-            elif session.own_ray:
-                ray.shutdown()
+        with _sigterm_as_ctrl_c() as received:  # after _connect: ray.init puts in a handler that exits at once
+            try:
+                search = StudySearch(
+                    spec,
+                    storage=session.storage,
+                    sampler=sampler,
+                    launch=plan.launch,
+                    adopt=plan.adopt,
+                    curves=curves,
+                )
+                result = _tune(spec, plan, stores, options, session, search)
+                result = dataclasses.replace(result, terminated=result.interrupted and bool(received))
+                # Ray's shutdown (a second or so of stopping processes) runs beside the last MLflow writes.
+                if session.own_ray:
+                    stopping = threading.Thread(target=ray.shutdown)
+                    stopping.start()
+                model_uri = _finish(spec, result, search, session.tracker, options.warn)
+            except BaseException:
+                session.tracker.fail()
+                raise
+            finally:
+                if stopping:
+                    stopping.join()
+                elif session.own_ray:
+                    ray.shutdown()
     tracker = session.tracker
     runs = {"tracking_uri": stores.tracking_uri, "experiment_id": tracker.experiment_id}
     runs["parent_run_id"] = tracker.parent_run_id
@@ -544,9 +547,38 @@ QUIET_LOGGERS = {"ray": logging.CRITICAL, "ray.tune": logging.CRITICAL, "ray.tra
 
 
 @contextlib.contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[list[int]]:
+    """SIGTERM (``docker stop``, ``kill``, a Ray job being stopped) stops a launch as Ctrl-C does.
+
+    While Ray Tune's loop runs, through Tune's own SIGINT handler: the loop ends, and the search tells Optuna
+    FAIL for each trial still running. Elsewhere, and at a second SIGTERM, as :class:`Terminated`, a
+    KeyboardInterrupt. The list it yields records each SIGTERM received.
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received  # only the main thread may set signal handlers
+        return
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        received.append(signum)
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler) and handler is not signal.default_int_handler:
+            handler(signal.SIGINT, frame)  # Ray Tune's, which stops its loop gracefully
+        else:
+            raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
 def _process_settings(verbose: bool) -> Iterator[None]:
     """The settings a launch needs in this process, for as long as it runs; then the process as it was found
-    (environment variables, logger levels, warning filters, Optuna's verbosity), for the program that called.
+    (environment variables, logger levels, warning filters, Optuna's verbosity, the SIGTERM handler, which
+    ``ray.init`` replaces), for the program that called.
 
     - Ray Tune's per-result file loggers (JSON, CSV, TensorBoard) repeat what Optuna and MLflow record and
       cost the driver more per epoch than a small trial's training; they are off.
@@ -558,6 +590,8 @@ def _process_settings(verbose: bool) -> Iterator[None]:
     environ = dict(os.environ)
     levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
     verbosity = optuna.logging.get_verbosity()
+    main = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main else None
     try:
         with warnings.catch_warnings():
             os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -578,6 +612,8 @@ def _process_settings(verbose: bool) -> Iterator[None]:
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
         optuna.logging.set_verbosity(verbosity)
+        if sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
 
 
 def _init_ray(address: str | None, verbose: bool) -> None:
