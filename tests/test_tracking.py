@@ -13,11 +13,12 @@ import pytest
 import requests
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
-from PIL import Image
+from PIL import Image, ImageStat
 
 from tuner import run_study
 from tuner.data import load_dataset
 from tuner.optimizers import OPTIMIZERS
+from tuner.report import MIN_TRIALS_FOR_IMPORTANCE
 from tuner.spec import load_spec, parse_spec
 from tuner.trainable import train_trial
 
@@ -65,16 +66,29 @@ def check_study_records(client: MlflowClient, summary: dict[str, Any], epochs: i
     assert parent.data.metrics["best_val_loss"] == pytest.approx(summary["best"]["value"])
     assert parent.data.tags["best_trial"] == str(summary["best"]["number"])
     assert parent.data.params["study.sampler"] == "tpe" and parent.data.params["training.epochs"] == str(epochs)
+    best = summary["best"]
+    assert {k for k in parent.data.tags if k.startswith("best.")} == {f"best.{k}" for k in best["params"]}
+    assert parent.data.tags["best.optimizer"] == best["params"]["optimizer"]
+    assert parent.data.tags["best_model_uri"] == summary["mlflow"]["model_uri"]
     names = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert names >= ARTIFACTS
+    # Optuna's importance chart needs enough complete trials, and is there exactly when they are.
+    assert ("param_importances.png" in names) == (summary["trials"]["complete"] >= MIN_TRIALS_FOR_IMPORTANCE)
     local = Path(client.download_artifacts(parent.info.run_id, "", str(download)))
     for png in local.glob("*.png"):
         with Image.open(png) as image:
             assert image.size[0] > 300 and image.size[1] > 200
+            assert ImageStat.Stat(image.convert("L")).stddev[0] > 10, f"{png.name} is blank"
     with (local / "trials.csv").open() as f:
-        rows = list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        rows = list(reader)
     assert sorted(int(r["number"]) for r in rows) == sorted(int(c.data.tags["optuna.trial_number"]) for c in children)
-    assert {"state", "epochs", "final_val_loss", "best_val_loss", "optimizer", "learning_rate"} <= set(rows[0])
+    columns = ["number", "state", "diagnosis", "reason", "epochs", "seed"]
+    assert reader.fieldnames is not None and reader.fieldnames[: len(columns)] == columns
+    assert {"optimizer", "learning_rate", "final_val_loss", "best_val_loss", "final_loss", "final_lr"} <= set(
+        reader.fieldnames
+    )
+    assert {r["state"] for r in rows} <= {"complete", "pruned", "failed"} and all(r["seed"].isdigit() for r in rows)
     best_spec = load_spec(local / "best_params.yaml")
     assert best_spec.searched() == [] and [o.name for o in best_spec.optimizers] == [
         summary["best"]["params"]["optimizer"]
