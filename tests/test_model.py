@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -140,22 +141,60 @@ def test_the_engine_trains_regression_exactly_as_keras_fit() -> None:
     assert_trains_as_keras_fit("adam", {"learning_rate": 0.01}, dataset="diabetes", activation="tanh")
 
 
+def test_the_engine_trains_with_dropout_exactly_as_keras_fit() -> None:
+    """Dropout is random, but seeded, so the equivalence can be exact rather than statistical: each Dropout
+    layer draws its masks from its own Keras SeedGenerator, whose state ``Engine.reset`` sets from the trial's
+    seed. A Keras network whose generators start from those states draws the same masks under ``fit``, batch by
+    batch, so the losses and weights agree as they do without dropout.
+
+    And dropout is really there: reset to the same seed, the engine draws the same masks again (the same
+    losses), while the same weights and batches without dropout give other losses; evaluation applies none
+    (it is deterministic, and what Keras' ``evaluate`` gives)."""
+    params = {"learning_rate": 0.003}
+    ours, compiled, net, data = assert_trains_as_keras_fit("adam", params, dropout=0.3)
+    x, y = model.tf.constant(data.x_train), model.tf.constant(data.y_train)
+    x_val, y_val = model.tf.constant(data.x_val), model.tf.constant(data.y_val)
+    evaluated = compiled.evaluate(x_val, y_val)
+    assert compiled.evaluate(x_val, y_val) == evaluated
+    assert net.evaluate(data.x_val, data.y_val, batch_size=4096, verbose=0) == pytest.approx(evaluated[0], rel=1e-5)
+
+    compiled.reset("adam", params, seed=3)
+    plain = engine.Engine(dataclasses.replace(compiled.shape, dropout=0.0))
+    plain.reset("adam", params, seed=3)
+    plain.net.set_weights(compiled.net.get_weights())
+    again = [compiled.train_epoch(x, y, order, 64)[0] for order in batch_orders(len(data.x_train))]
+    without = [plain.train_epoch(x, y, order, 64)[0] for order in batch_orders(len(data.x_train))]
+    assert again == ours
+    assert all(abs(a - b) > 1e-3 * b for a, b in zip(ours, without, strict=True)), (ours, without)
+
+
+def batch_orders(n: int) -> list[np.ndarray]:
+    """The order of the examples in each of three epochs, the same for every run that asks."""
+    rng = np.random.default_rng(0)
+    return [rng.permutation(n) for _ in range(3)]
+
+
 def assert_trains_as_keras_fit(
-    name: str, params: dict[str, Any], *, dataset: str = "digits", activation: str = "relu"
-) -> None:
-    """Same initial weights, same batch order: tuner's engine and Keras' own optimizer under model.fit agree
-    on the loss of every epoch and on the weights after three."""
+    name: str, params: dict[str, Any], *, dataset: str = "digits", activation: str = "relu", dropout: float = 0.0
+) -> tuple[list[float], engine.Engine, Any, Dataset]:
+    """Same initial weights, same dropout seeds, same batch order: tuner's engine and Keras' own optimizer under
+    model.fit agree on the loss of every epoch and on the weights after three. Returns the engine's losses, the
+    engine, the Keras network and the data."""
     data = load_dataset(parse_spec({"data": {"dataset": dataset}, "optimizers": {"adam": {}}}).data, seed=0)
     outputs = data.n_classes if data.task == "classification" else 1
-    shape = engine.Shape(data.n_features, outputs, layers=2, units=32, activation=activation, dropout=0.0)
+    shape = engine.Shape(data.n_features, outputs, layers=2, units=32, activation=activation, dropout=dropout)
     compiled = engine.Engine(shape)
     compiled.reset(name, params, seed=3)
-    net = model.build_model(data.n_features, outputs, layers=2, units=32, activation=activation, dropout=0.0)
+    net = model.build_model(data.n_features, outputs, layers=2, units=32, activation=activation, dropout=dropout)
     net.set_weights([w.numpy() for w in compiled.net.weights])
+    seeded = [layer.seed_generator.state for layer in net.layers if isinstance(layer, keras.layers.Dropout)]
+    states = [layer.seed_generator.state for layer in compiled.net.layers if isinstance(layer, keras.layers.Dropout)]
+    assert len(seeded) == len(states) == (2 if dropout > 0 else 0)
+    for theirs, mine in zip(seeded, states, strict=True):
+        theirs.assign(mine.value)
     loss = "sparse_categorical_crossentropy" if data.task == "classification" else "mse"
     net.compile(optimizer=model.build_optimizer(name, params), loss=loss)
-    rng = np.random.default_rng(0)
-    orders = [rng.permutation(len(data.x_train)) for _ in range(3)]
+    orders = batch_orders(len(data.x_train))
     x, y = model.tf.constant(data.x_train), model.tf.constant(data.y_train)
     ours = [compiled.train_epoch(x, y, order, 64)[0] for order in orders]
     theirs = [
@@ -165,6 +204,7 @@ def assert_trains_as_keras_fit(
     assert ours == pytest.approx(theirs, rel=1e-4)
     for mine, keras_weight in zip(compiled.net.get_weights(), net.get_weights(), strict=True):
         np.testing.assert_allclose(mine, keras_weight, rtol=1e-5, atol=1e-7)
+    return ours, compiled, net, data
 
 
 def test_trials_of_one_architecture_share_one_trace(iris: Dataset) -> None:

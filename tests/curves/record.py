@@ -6,6 +6,12 @@ and prints every curve with an empty label. A person then labels each curve by l
 (``python tests/curves/record.py --plot /tmp/curves.json`` draws them), as the lecture on learning rates
 teaches, and adds the best final validation loss of the set. ``recorded.json`` holds four such sets
 (digits seed 0 and 3, wine seed 1, breast_cancer seed 2); tests/test_pruning.py reads it.
+
+None of those settings stalls, so they hold no ``plateau``. ``python tests/curves/record.py --stalling DATASET
+SEED`` records the settings of ``STALLING`` instead: deeper networks whose training gets stuck (sigmoid layers
+that saturate, ReLUs a huge first step has killed). ``recorded.json`` holds them for digits seed 0, wine seed 1
+and breast_cancer seed 2, labelled by eye as the others were, before the rules ran on them; their
+best_val_loss is that of the same dataset and seed's first set.
 """
 
 from __future__ import annotations
@@ -29,21 +35,35 @@ SETTINGS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-def record(dataset: str, seed: int, epochs: int = 15) -> list[dict[str, Any]]:
+#: Settings whose training stalls, as (architecture, optimizer, hyperparameters): the source of the plateaus.
+STALLING: list[tuple[dict[str, Any], str, dict[str, Any]]] = [
+    ({"layers": 3, "activation": "sigmoid"}, "sgd", {"learning_rate": 0.01}),
+    ({"layers": 3, "activation": "sigmoid"}, "sgd", {"learning_rate": 0.1}),
+    ({"layers": 4, "activation": "sigmoid"}, "sgd", {"learning_rate": 0.05}),
+    ({"layers": 3, "activation": "relu"}, "adam", {"learning_rate": 0.5}),
+]
+
+
+def record(dataset: str, seed: int, epochs: int = 15, *, stalling: bool = False) -> list[dict[str, Any]]:
     from tuner import engine
     from tuner.data import load_dataset
     from tuner.spec import parse_spec
 
     data = load_dataset(parse_spec({"data": {"dataset": dataset}, "optimizers": {"sgd": {}}}).data, seed=seed)
+    plain = {"layers": 1, "activation": "relu"}
+    settings = STALLING if stalling else [(plain, name, params) for name, params in SETTINGS]
     curves = []
-    for name, params in SETTINGS:
+    for architecture, name, params in settings:
         history: list[dict[str, Any]] = []
-        config = {"optimizer": name, name: params, "layers": 1, "units": 128, "activation": "relu"}
+        config = {"optimizer": name, name: params, "units": 128, **architecture}
         config.update(dropout=0.0, batch_size=64, epochs=epochs, seed=seed)
         engine.train(data, config, lambda metrics, net, into=history: into.append(metrics))
         loss = [h["loss"] if h["loss"] is not None else math.nan for h in history]
         val = [h["val_loss"] if h["val_loss"] is not None else math.nan for h in history]
-        curves.append({"source": f"{dataset} seed {seed}: {name} {params}", "loss": loss, "val_loss": val, "label": ""})
+        source = f"{dataset} seed {seed}: {name} {params}"
+        if stalling:
+            source += f" {architecture['layers']} x 128 {architecture['activation']}"
+        curves.append({"source": source, "loss": loss, "val_loss": val, "label": ""})
     return curves
 
 
@@ -70,5 +90,7 @@ def plot(path: str) -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--plot"]:
         plot(sys.argv[2])
+    elif sys.argv[1:2] == ["--stalling"]:
+        json.dump(record(sys.argv[2], int(sys.argv[3]), stalling=True), sys.stdout, indent=1)
     else:
         json.dump(record(sys.argv[1], int(sys.argv[2])), sys.stdout, indent=1)
