@@ -128,30 +128,46 @@ def optimizers_launch(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, d
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real ``mlflow server`` on 127.0.0.1, as a team would run one."""
-    import subprocess
-    import sys
-
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable, "-m", "mlflow", "server",
-            "--host", "127.0.0.1", "--port", str(port),
-            "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
-            "--artifacts-destination", str(root / "artifacts"), "--workers", "1",
-        ],
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # MLflow starts uvicorn under it; stop the whole group
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
     try:
-        wait_for_http(f"{url}/health")
-        yield url
+        yield server.start()
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        server.stop()
+
+
+class MlflowServer:
+    """A real ``mlflow server`` on 127.0.0.1 with its store in ``root``, which a test can stop and start again
+    (on the same port and store)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.port = root, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: Any = None
+
+    def start(self) -> str:
+        import subprocess
+        import sys
+
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "mlflow", "server",
+                "--host", "127.0.0.1", "--port", str(self.port),
+                "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
+                "--artifacts-destination", str(self.root / "artifacts"), "--workers", "1",
+            ],
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # MLflow starts uvicorn under it; stop the whole group
+        )  # fmt: skip
+        wait_for_http(f"{self.url}/health")
+        return self.url
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            self.process.wait(timeout=30)
+        self.process = None
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from tuner.cli import main
+from tuner.tracking import OUTBOX
 
 from .conftest import ROOT, SEARCH_SPACES, write
 from .test_spec import BAD, expected_error
@@ -176,6 +177,38 @@ def test_ctrl_c_and_sigterm_stop_the_study_cleanly(tmp_path: Path, stop: signal.
     assert runs and "RUNNING" not in {r.info.status for r in runs}
     failed = {int(r.data.tags["optuna.trial_number"]) for r in runs if r.data.tags.get("fail_reason")}
     assert failed == {t.number for t in interrupted}
+
+
+@pytest.mark.parametrize("moment", ["ray starting", "stores opening"])
+def test_sigterm_while_a_launch_starts_is_a_clean_stop_too(tmp_path: Path, moment: str) -> None:
+    """SIGTERM in a launch's first seconds, while Ray starts (ray.init puts in a SIGTERM handler of its own
+    then) or while the stores open beside it: exit 143, and no MLflow run is left RUNNING."""
+    spec = ROOT / "search_spaces" / "adam.yaml"
+    proc = subprocess.Popen(
+        [TUNER, "launch", str(spec), "--workdir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def reached() -> bool:
+        if moment == "ray starting":  # ray.init makes its session directory, named after the driver's pid, first
+            return any(Path("/tmp/ray").glob(f"session_*_{proc.pid}"))
+        return (tmp_path / OUTBOX).is_dir()  # the MLflow records are open
+
+    deadline = time.monotonic() + 120
+    while not reached() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert (proc.returncode, err) == (143, "terminated\n")
+    assert not out.startswith("study ")  # it stopped before the launch was announced
+    if (tmp_path / "mlflow.db").exists():
+        client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        assert "RUNNING" not in [r.info.status for r in runs]
+        assert moment == "ray starting" or [r.info.status for r in runs] == ["FAILED"]
+    assert not (tmp_path / OUTBOX).is_dir() or not list((tmp_path / OUTBOX).iterdir())
 
 
 def test_a_storage_optuna_cannot_open_is_exit_1_and_one_line(tmp_path: Path) -> None:

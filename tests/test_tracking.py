@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,10 @@ from tuner.data import load_dataset
 from tuner.optimizers import OPTIMIZERS
 from tuner.report import MIN_TRIALS_FOR_IMPORTANCE
 from tuner.spec import load_spec, parse_spec
+from tuner.tracking import OUTBOX
 from tuner.trainable import train_trial
 
-from .conftest import ROOT, free_port, tuner_command, wait_for_http
+from .conftest import ROOT, MlflowServer, free_port, tuner_command, wait_for_http
 
 ARTIFACTS = {"loss_curves.png", "optimization_history.png", "trials.csv", "best_params.yaml", "optimizers.yaml"}
 
@@ -228,3 +230,78 @@ def test_no_run_is_left_running_when_trials_fail_or_diverge(tmp_path: Path, monk
     assert client.get_metric_history(by_number[2].info.run_id, "val_loss") == []
     assert parent.info.status == "FINISHED"
     assert parent.data.metrics["trials_failed"] == 1 and parent.data.metrics["trials_pruned"] == 1
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_server_that_goes_away_and_comes_back_gets_every_record(tmp_path: Path) -> None:
+    """The server is killed after the first trial ends and started again after the third: the study goes on
+    meanwhile, and at its end MLflow holds what an undisturbed launch writes, with nothing left waiting."""
+    server = MlflowServer(tmp_path / "server")
+    server.start()
+    ended: list[int] = []
+    warnings: list[str] = []
+
+    def progress(outcome: Any) -> None:  # on the driver, between trials: the server fails mid-study
+        ended.append(outcome.number)
+        if len(ended) == 1:
+            server.stop(signal.SIGKILL)
+        elif len(ended) == 3:
+            server.start()
+
+    spec = load_spec(ROOT / "search_spaces" / "optimizers.yaml").override(trials=6, epochs=3, name="outage-back")
+    workdir = tmp_path / "work"
+    try:
+        result = run_study(spec, workdir=workdir, tracking_uri=server.url, progress=progress, warn=warnings.append)
+        assert result.unsent_records == 0
+        assert any(f"{server.url} does not answer (" in w for w in warnings), warnings
+        assert any("answers again" in w for w in warnings), warnings
+        assert not list((workdir / OUTBOX).iterdir())
+        check_study_records(MlflowClient(server.url), result.to_json(), epochs=3, download=tmp_path / "dl")
+    finally:
+        server.stop()
+
+
+def test_records_kept_while_the_server_is_down_are_sent_by_tuner_sync(tmp_path: Path) -> None:
+    """The server dies after the first trial and stays down: the launch still ends with exit 0 and says how
+    many records wait; once the server is back, ``tuner sync`` sends them, each once."""
+    server = MlflowServer(tmp_path / "server")
+    url = server.start()
+    workdir = tmp_path / "work"
+    spec = ROOT / "search_spaces" / "optimizers.yaml"
+    args = ["launch", str(spec), "--trials", "6", "--epochs", "3", "--name", "outage-sync", "--json"]
+    launch = subprocess.Popen(
+        [tuner_command(), *args, "--workdir", str(workdir), "--tracking-uri", url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert launch.stdout is not None
+        lines = []
+        for line in launch.stdout:
+            lines.append(line)
+            if line.startswith("[1/6]"):
+                server.stop(signal.SIGKILL)
+                break
+        out, err = launch.communicate(timeout=300)  # MLflow's own retries would hold it for many minutes
+        assert launch.returncode == 0, err
+        summary = json.loads(out.strip().splitlines()[-1])
+        waiting = summary["unsent_records"]
+        assert waiting > 0
+        assert f"mlflow: the tracking server did not answer; {waiting} records wait in {workdir}; " in err
+        assert f"send them with: tuner sync outage-sync --workdir {workdir} --tracking-uri {url}\n" in err
+        assert sum(summary["trials"].values()) == 6
+
+        server.start()
+        done = subprocess.run([tuner_command(), "sync", "outage-sync", "--workdir", str(workdir)],
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == f"mlflow: sent {waiting} records of study outage-sync\n"
+        assert not list((workdir / OUTBOX).iterdir())
+        check_study_records(MlflowClient(url), summary, epochs=3, download=tmp_path / "dl")
+        again = subprocess.run([tuner_command(), "sync", "outage-sync", "--workdir", str(workdir)],
+                               capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert again.stdout == "mlflow: sent 0 records of study outage-sync\n"
+    finally:
+        launch.kill()
+        server.stop()

@@ -185,7 +185,7 @@ def _run(name: str, spec: Any, *, as_json: bool, verbose: bool, workdir: str, **
         click.echo(report.trial_line(outcome, launched[0].metric, done, launched[0].trials))
 
     options = dict(where, workdir=workdir, verbose=verbose, progress=progress, announce=announce)
-    options["warn"] = lambda text: click.echo(text, err=True)
+    options["warn"] = _warn
     result = resume_study(name, **options) if spec is None else run_study(spec, **options)
     console = Console(highlight=False)
     if not console.is_terminal:
@@ -195,6 +195,8 @@ def _run(name: str, spec: Any, *, as_json: bool, verbose: bool, workdir: str, **
     click.echo(f"optuna: optuna trials --study-name {result.study} --storage {result.storage}")
     if result.mlflow:
         click.echo(_mlflow_line(result.mlflow, result.study, workdir))
+    if result.unsent_records:
+        click.echo(_unsent_line(result.unsent_records, result.study, workdir, result.mlflow), err=True)
     if as_json:
         click.echo(json.dumps(result.to_json()))
     if result.interrupted:
@@ -214,6 +216,41 @@ def _mlflow_line(runs: dict[str, str], study: str, workdir: str) -> str:
     if uri.startswith(("http://", "https://")):
         return f"{where}\n  open: {experiment_url(ui_url(uri), experiment, parent)}"
     return f"{where}\n  open: tuner ui --workdir {os.path.abspath(workdir)}"
+
+
+def _unsent_line(count: int, study: str, workdir: str, runs: dict[str, str] | None) -> str:
+    uri = f" --tracking-uri {runs['tracking_uri']}" if runs else ""
+    return (
+        f"mlflow: the tracking server did not answer; {count} record{'s' * (count != 1)} wait in "
+        f"{os.path.abspath(workdir)}; send them with: tuner sync {study} --workdir {os.path.abspath(workdir)}{uri}"
+    )
+
+
+@main.command()
+@click.argument("study")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    default=".",
+    show_default=True,
+    envvar="TUNER_WORKDIR",
+    help="Where the launches ran (env: TUNER_WORKDIR).",
+)
+@click.option("--tracking-uri", metavar="URI", help="Where to send them [default: where each launch sent its records].")
+def sync(study: str, workdir: str, tracking_uri: str | None) -> None:
+    """Send MLflow the records that launches of STUDY kept in the work directory while it did not answer."""
+    from pathlib import Path
+
+    from tuner.tracking import sync as send
+
+    sent, waiting = send(study, workdir=Path(workdir).resolve(), tracking_uri=tracking_uri, warn=_warn)
+    click.echo(f"mlflow: sent {sent} record{'s' * (sent != 1)} of study {study}")
+    if waiting:
+        click.echo(f"mlflow: {waiting} records belong to a launch still running; it sends them itself", err=True)
+
+
+def _warn(text: str) -> None:
+    click.echo(text, err=True)
 
 
 @main.command()

@@ -50,6 +50,8 @@ class StudyResult:
     #: Interrupted by SIGTERM rather than Ctrl-C.
     terminated: bool = False
     mlflow: dict[str, str] | None = None
+    #: MLflow records the launch kept in its work directory, unsent: the server did not answer at the end.
+    unsent_records: int = 0
 
     def counts(self) -> dict[str, int]:
         states = [t.state for t in self.trials]
@@ -79,6 +81,7 @@ class StudyResult:
             "interrupted": self.interrupted,
             "terminated": self.terminated,
             "mlflow": self.mlflow,
+            "unsent_records": self.unsent_records,
         }
 
 

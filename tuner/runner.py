@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -15,7 +16,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,41 +206,55 @@ def _execute(spec: Spec, plan: _Plan, options: RunOptions) -> StudyResult:
     started = time.monotonic()
     stores = _locate(options)
     sampler = make_sampler(spec.study.sampler, spec.study.seed)
-    with _process_settings(options.verbose):
+    # SIGTERM stops a launch as Ctrl-C does, from the start (_init_ray keeps the handler ray.init replaces).
+    with _process_settings(options.verbose), _sigterm_as_ctrl_c() as received:
         curves = Curves()  # every trial's curves, recorded by the search, read by the diagnosis and the records
         session = _connect(spec, plan, stores, options, curves)
-        stopping: threading.Thread | None = None
-        with _sigterm_as_ctrl_c() as received:  # after _connect: ray.init puts in a handler that exits at once
-            try:
-                search = StudySearch(
-                    spec,
-                    storage=session.storage,
-                    sampler=sampler,
-                    launch=plan.launch,
-                    adopt=plan.adopt,
-                    curves=curves,
-                )
-                result = _tune(spec, plan, stores, options, session, search)
-                result = dataclasses.replace(result, terminated=result.interrupted and bool(received))
-                # Ray's shutdown (a second or so of stopping processes) runs beside the last MLflow writes.
-                if session.own_ray:
-                    stopping = threading.Thread(target=ray.shutdown)
-                    stopping.start()
-                model_uri = _finish(spec, result, search, session.tracker, options.warn)
-            except BaseException:
-                session.tracker.fail()
-                raise
-            finally:
-                if stopping:
-                    stopping.join()
-                elif session.own_ray:
-                    ray.shutdown()
-    tracker = session.tracker
+        tracker = session.tracker
+        try:
+            search = StudySearch(
+                spec,
+                storage=session.storage,
+                sampler=sampler,
+                launch=plan.launch,
+                adopt=plan.adopt,
+                curves=curves,
+            )
+            result = _tune(spec, plan, stores, options, session, search)
+            result = dataclasses.replace(result, terminated=result.interrupted and bool(received))
+            model_uri = _finish(spec, result, search, tracker, options.warn)
+        except BaseException:
+            tracker.fail()
+            raise
+        finally:
+            # The records are queued; the outbox's thread sends them while Ray stops.
+            if session.own_ray:
+                _stop_ray()
+            unsent = tracker.close()
     runs = {"tracking_uri": stores.tracking_uri, "experiment_id": tracker.experiment_id}
     runs["parent_run_id"] = tracker.parent_run_id
     if model_uri:
         runs["model_uri"] = model_uri
-    return dataclasses.replace(result, wall_seconds=time.monotonic() - started, mlflow=runs)
+    return dataclasses.replace(result, wall_seconds=time.monotonic() - started, mlflow=runs, unsent_records=unsent)
+
+
+def _stop_ray() -> None:
+    """Stop the Ray this launch started, from this thread, with no garbage collection meanwhile.
+
+    ``ray.shutdown`` ends Ray's core worker a moment before it forgets it: an object reference freed in that
+    moment, by a collection in any thread, calls into the dead worker, and Ray ends the process ("The core
+    worker has already been shutdown"). Collect first, then hold collection off until Ray has stopped.
+    """
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        ray.shutdown()
+    except Exception:  # the study is complete in Optuna and its records are queued: nothing to lose here
+        logging.getLogger(__name__).debug("ray.shutdown failed", exc_info=True)
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @dataclass(frozen=True)
@@ -281,6 +296,7 @@ def _connect(spec: Spec, plan: _Plan, stores: _Stores, options: RunOptions, curv
     is seconds of waiting on its processes)."""
     own_ray = not ray.is_initialized()
     in_job = bool(os.environ.get(JOB_CONFIG_VARIABLE))
+    preparing: Future[tuple[Dataset, optuna.storages.BaseStorage, tracking.Tracker]] | None = None
     with ThreadPoolExecutor(max_workers=1) as pool:
         try:
             if in_job and own_ray:
@@ -296,8 +312,17 @@ def _connect(spec: Spec, plan: _Plan, stores: _Stores, options: RunOptions, curv
         except BaseException:
             if own_ray:
                 ray.shutdown()
+            if preparing is not None:  # Ctrl-C or SIGTERM meanwhile: close the records it opens, if it does
+                preparing.add_done_callback(_close_records)
             raise
     return _Session(own_ray, dataset, storage, tracker)
+
+
+def _close_records(preparing: Future[tuple[Dataset, optuna.storages.BaseStorage, tracking.Tracker]]) -> None:
+    if not preparing.cancelled() and preparing.exception() is None:
+        tracker = preparing.result()[2]
+        tracker.fail()
+        tracker.close(patience=5.0)
 
 
 def _prepare(
@@ -312,7 +337,13 @@ def _prepare(
         local_store = not stores.tracking_uri.startswith(("http://", "https://"))
         artifacts = stores.workdir / "mlartifacts" if local_store else None
         tracker = tracking.Tracker(
-            spec, stores.tracking_uri, artifact_root=artifacts, warn=warn, parent_run_id=parent_run_id, curves=curves
+            spec,
+            stores.tracking_uri,
+            workdir=stores.workdir,
+            artifact_root=artifacts,
+            warn=warn,
+            parent_run_id=parent_run_id,
+            curves=curves,
         )
     return dataset, storage, tracker
 
@@ -321,7 +352,8 @@ def _prepare(
 def _creating(*urls: str) -> Iterator[None]:
     """One launch at a time creates or opens the SQLite stores among ``urls``: Optuna and MLflow each create
     their tables on first use, and two launches doing it at once into a fresh work directory collide ("table
-    alembic_version already exists"). A lock file beside each database; the system drops it if a launch dies."""
+    alembic_version already exists"). A hidden lock file beside each database; the system drops the lock if a
+    launch dies."""
     import fcntl
 
     from sqlalchemy.engine import make_url
@@ -329,7 +361,8 @@ def _creating(*urls: str) -> Iterator[None]:
     paths = sorted({make_url(u).database or "" for u in urls if u.startswith("sqlite")} - {"", ":memory:"})
     with contextlib.ExitStack() as stack:
         for path in paths:  # in one order, so that two launches never hold one lock each
-            lock = stack.enter_context(open(f"{os.path.abspath(path)}.lock", "a"))
+            folder, name = os.path.split(os.path.abspath(path))
+            lock = stack.enter_context(open(os.path.join(folder, f".{name}.lock"), "a"))
             fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
@@ -505,6 +538,11 @@ class _Progress(tune.Callback):
     def __init__(self, search: StudySearch, emit: Callable[[TrialOutcome], None] | None) -> None:
         self._search, self._emit = search, emit
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Ray Tune pickles its callbacks with the experiment, for Tuner.restore (which tuner does not use);
+        # the caller's function may hold anything (a lock, a console) and stays in this process.
+        return {**self.__dict__, "_emit": None}
+
     def _done(self, trial: Any) -> None:
         outcome = self._search.outcomes.get(trial.trial_id)
         if outcome is not None and self._emit is not None:
@@ -582,7 +620,8 @@ def _process_settings(verbose: bool) -> Iterator[None]:
 
     - Ray Tune's per-result file loggers (JSON, CSV, TensorBoard) repeat what Optuna and MLflow record and
       cost the driver more per epoch than a small trial's training; they are off.
-    - MLflow's client prints a "View run" link for every run it ends against a server; tuner prints its own.
+    - MLflow's client tries each request once, for 10 s at most, and prints no "View run" links
+      (:data:`tracking.CLIENT_SETTINGS`).
     - Unless ``verbose``: Tune's newer console output prints its configuration box whatever the verbosity
       (the classic reporter honours verbose=0); a failed trial's error is printed once, by tuner, as one
       line; Ray's, MLflow's and Optuna's loggers and warnings keep quiet.
@@ -593,9 +632,8 @@ def _process_settings(verbose: bool) -> Iterator[None]:
     main = threading.current_thread() is threading.main_thread()
     sigterm = signal.getsignal(signal.SIGTERM) if main else None
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), tracking.client_settings():
             os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-            os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
             optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
             if not verbose:
                 os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
@@ -628,8 +666,17 @@ def _init_ray(address: str | None, verbose: bool) -> None:
         kwargs["runtime_env"] = {"env_vars": dict(env)}
     if not (address or os.environ.get("RAY_ADDRESS")):
         kwargs["include_dashboard"] = False
+    main = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main else None
     try:
         ray.init(address=address, **kwargs)
+        if sigterm is not None:  # ray.init puts in a SIGTERM handler that exits at once; keep the launch's
+            signal.signal(signal.SIGTERM, sigterm)
+    except SystemExit as exc:  # a SIGTERM while Ray starts, as ray.init's handler reports it
+        if sigterm is None or exc.code != signal.SIGTERM:
+            raise
+        signal.signal(signal.SIGTERM, sigterm)
+        raise Terminated from None
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = address or os.environ.get("RAY_ADDRESS") or "a local Ray"
         raise TunerError(f"cannot start or reach Ray at {where}: {str(exc).splitlines()[0]}") from None

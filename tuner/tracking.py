@@ -9,8 +9,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from tuner import outbox
 from tuner.errors import TunerError
 from tuner.results import CURVE_METRICS, Curve, Curves, StudyResult, TrialOutcome
 from tuner.trainable import MODEL_FILE
@@ -31,13 +33,16 @@ if TYPE_CHECKING:
     from tuner.spec import Spec
 
 __all__ = [
+    "OUTBOX",
     "Tracker",
     "TrackingCallback",
     "check_reachable",
+    "client_settings",
     "experiment_url",
     "resolve_tracking_uri",
     "serve_ui",
     "study_experiments",
+    "sync",
     "ui_url",
 ]
 
@@ -51,6 +56,18 @@ STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
 #: Tags MLflow's UI reads: nesting, and the experiment's view (runs table, not the GenAI traces view).
 PARENT_TAG = "mlflow.parentRunId"
 KIND_TAG = "mlflow.experimentKind"
+#: Where in the work directory a launch keeps its records until MLflow has them (see :mod:`tuner.outbox`).
+OUTBOX = Path(".tuner") / "outbox"
+#: The end of a launch waits this long for MLflow to take its records, once none goes through.
+PATIENCE_SECONDS = 30.0
+#: MLflow's client, as tuner sets it unless the environment says otherwise: one try per HTTP request, and
+#: 10 s at most (MLflow's defaults retry for minutes; the outbox does the retrying, away from the Tune loop);
+#: no "View run" link printed for every run it ends (tuner prints its own).
+CLIENT_SETTINGS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
 
 
 def resolve_tracking_uri(uri: str | None, workdir: Path) -> str:
@@ -136,11 +153,11 @@ def check_reachable(uri: str) -> None:
 
 @dataclass
 class _TrialRecord:
-    run_id: str
+    key: str  # the run's name in the outbox's records (its MLflow id may not exist yet)
     number: int
     optimizer: str
     checkpoint: Any = None
-    pending: list[Metric] = field(default_factory=list)
+    pending: list[list[Any]] = field(default_factory=list)  # metrics as [key, value, timestamp, step]
     flushed: float = field(default_factory=time.monotonic)
     where: tuple[str, str, str] | None = None
     logged: int = 0  # the last step logged (a trial resumed from a checkpoint logs only later ones)
@@ -150,19 +167,25 @@ class _TrialRecord:
 
 
 class Tracker:
-    """The MLflow records of one launch: the experiment, the study's parent run and a run per trial."""
+    """The MLflow records of one launch: the experiment, the study's parent run and a run per trial.
+
+    The experiment and the parent run are made at once (the server answered a moment before); every other
+    record goes through an :class:`tuner.outbox.Outbox` in ``workdir``, so that the Tune loop never waits on
+    MLflow. :meth:`close` waits for the records to go, or leaves them for :func:`sync`.
+    """
 
     def __init__(
         self,
         spec: Spec,
         uri: str,
         *,
+        workdir: Path,
         artifact_root: Path | None = None,
         warn: Callable[[str], None] | None = None,
         parent_run_id: str | None = None,
         curves: Curves,
     ) -> None:
-        self.spec, self.uri = spec, uri
+        self.spec, self.uri, self.workdir = spec, uri, workdir
         self.warn = warn or (lambda text: None)
         self.client = MlflowClient(tracking_uri=uri)
         #: The study's curves, which the search records; an interrupted launch's earlier ones are added here.
@@ -171,10 +194,31 @@ class Tracker:
         self._by_number: dict[int, _TrialRecord] = {}
         self._ended: set[str] = set()
         self._best_model: tuple[int, float] | None = None
+        name = spec.study.name
+        # An earlier launch's records still waiting go first, where they were going (a resumed launch reads
+        # them back from there).
+        sync(name, workdir=workdir, warn=self.warn, quiet=True)
         if parent_run_id is not None:
             self._attach(parent_run_id)
-            return
-        name = spec.study.name
+        else:
+            self._create(artifact_root)
+        root = workdir / OUTBOX
+        self.outbox = outbox.Outbox(outbox.new_directory(root), {"study": name, "tracking_uri": uri})
+        self.outbox.put({"op": "runs", "runs": {"parent": self.parent_run_id}})
+        if parent_run_id is None:
+            settings = {k: _text(v) for k, v in spec.settings().items()}
+            self.outbox.put({"op": "log_batch", "run": "parent", "params": settings})
+            if Path(spec.source).is_file():
+                self._put_artifact("parent", Path(spec.source))
+            else:  # a spec built in code: record the document it stands for
+                with tempfile.TemporaryDirectory() as directory:
+                    path = Path(directory) / "spec.yaml"
+                    path.write_text(yaml.safe_dump(spec.to_doc(), sort_keys=False), encoding="utf-8")
+                    self._put_artifact("parent", path)
+        self.outbox.start(_Sender(self.client, self.outbox.directory), self.warn, f"the tracking server at {uri}")
+
+    def _create(self, artifact_root: Path | None) -> None:
+        name = self.spec.study.name
         experiment = self.client.get_experiment_by_name(name)
         if experiment is None:
             location = (artifact_root / name).as_uri() if artifact_root else None
@@ -191,12 +235,6 @@ class Tracker:
         self.client.set_experiment_tag(self.experiment_id, KIND_TAG, "custom_model_development")
         run = self.client.create_run(self.experiment_id, run_name=name, tags={"tuner.study": name})
         self.parent_run_id = run.info.run_id
-        settings = [Param(k, _text(v)) for k, v in spec.settings().items()]
-        self.client.log_batch(self.parent_run_id, params=settings)
-        if Path(spec.source).is_file():
-            self.client.log_artifact(self.parent_run_id, spec.source)
-        else:  # a spec built in code: record the document it stands for
-            self.client.log_text(self.parent_run_id, yaml.safe_dump(spec.to_doc(), sort_keys=False), "spec.yaml")
 
     def _attach(self, parent_run_id: str) -> None:
         """Continue an interrupted launch's records: its parent run, and its trials' runs by Optuna number.
@@ -213,13 +251,24 @@ class Tracker:
         )
         for run in children:
             number = int(run.data.tags["optuna.trial_number"])
-            record = _TrialRecord(run.info.run_id, number, run.data.params.get("optimizer", ""))
+            record = _TrialRecord(_RUN + run.info.run_id, number, run.data.params.get("optimizer", ""))
             for key in CURVE_METRICS:
                 for point in self.client.get_metric_history(run.info.run_id, key):
                     self.curve_store.record(number, {"epoch": point.step, key: point.value})
                     record.logged = max(record.logged, point.step)
             record.done = run.info.status != "RUNNING"
             self._by_number[number] = record
+
+    def _put_artifact(self, run: str, path: Path, artifact_path: str | None = None) -> None:
+        kept = self.outbox.file(path)
+        self.outbox.put({"op": "log_artifact", "run": run, "path": kept, "artifact_path": artifact_path})
+
+    def _put_batch(self, run: str, *, metrics: Sequence[list[Any]] = (), tags: Sequence[tuple[str, str]] = ()) -> None:
+        if metrics or tags:
+            self.outbox.put({"op": "log_batch", "run": run, "metrics": list(metrics), "tags": dict(tags)})
+
+    def _put_end(self, run: str, status: str) -> None:
+        self.outbox.put({"op": "set_terminated", "run": run, "status": status, "end_time": _now()})
 
     # -- per trial, called by TrackingCallback on the driver
 
@@ -229,27 +278,42 @@ class Tracker:
         number = int(config["trial_number"])
         if number in self._by_number:  # an interrupted launch's trial, resumed: its run continues
             self.trials[trial_id] = self._by_number[number]
-            self.client.set_tag(self.trials[trial_id].run_id, "ray.trial_id", trial_id)
+            self._put_batch(self.trials[trial_id].key, tags=[("ray.trial_id", trial_id)])
             return
         optimizer = str(config["optimizer"])
         params = {"optimizer": optimizer, **config.get(optimizer, {})}
         params.update({k: config[k] for k in ("layers", "units", "activation", "dropout", "batch_size", "epochs")})
+        self._open(trial_id, number, params, config["seed"])
+
+    def _open(self, trial_id: str, number: int, params: dict[str, Any], seed: Any) -> None:
+        optimizer = str(params.get("optimizer", ""))
         tags = {
             PARENT_TAG: self.parent_run_id,
             "optuna.trial_number": str(number),
             "ray.trial_id": trial_id,
-            "seed": str(config["seed"]),
+            "seed": str(seed),
         }
-        run = self.client.create_run(self.experiment_id, run_name=f"trial-{number:03d}-{optimizer}", tags=tags)
-        self.client.log_batch(run.info.run_id, params=[Param(k, _text(v)) for k, v in params.items()])
-        self.trials[trial_id] = self._by_number[number] = _TrialRecord(run.info.run_id, number, optimizer)
+        key = f"trial-{number}"
+        self.outbox.put(
+            {
+                "op": "create_run",
+                "key": key,
+                "experiment_id": self.experiment_id,
+                "run_name": f"trial-{number:03d}-{optimizer}" if optimizer else f"trial-{number:03d}",
+                "tags": tags,
+                "start_time": _now(),
+                "match": [PARENT_TAG, "optuna.trial_number"],  # what finds it, had an earlier try made it
+            }
+        )
+        self.outbox.put({"op": "log_batch", "run": key, "params": {k: _text(v) for k, v in params.items()}})
+        self.trials[trial_id] = self._by_number[number] = _TrialRecord(key, number, optimizer)
 
     def log_result(self, trial_id: str, result: dict[str, Any]) -> None:
         record = self.trials.get(trial_id)
         if record is None:
             return
         epoch = int(result["epoch"])
-        stamp = int(time.time() * 1000)
+        stamp = _now()
         if "node_ip" in result:  # where the trial trains (the last node, if a failure moved it)
             record.where = (str(result["node_ip"]), str(result.get("pid", "")), str(result.get("node_id", "")))
         if "resumed_from_epoch" in result:
@@ -269,12 +333,10 @@ class Tracker:
         for key in CURVE_METRICS:
             value = result.get(key)
             if isinstance(value, (int, float)) and math.isfinite(value):
-                record.pending.append(Metric(key, float(value), stamp, epoch))
+                record.pending.append([key, float(value), stamp, epoch])
 
-    def _flush(self, record: _TrialRecord) -> None:
-        tags = _placement_tags(record)
-        if record.pending or tags:
-            self.client.log_batch(record.run_id, metrics=record.pending, tags=tags)
+    def _flush(self, record: _TrialRecord, tags: Sequence[tuple[str, str]] = ()) -> None:
+        self._put_batch(record.key, metrics=record.pending, tags=[*tags, *_placement_tags(record)])
         record.tagged = (record.where, record.resumed_from)
         record.pending = []
         record.flushed = time.monotonic()
@@ -283,17 +345,14 @@ class Tracker:
         record = self.trials.get(trial_id)
         if record is None or trial_id in self._ended:
             return
-        tags = [RunTag("state", outcome.state), RunTag("epochs", str(outcome.epochs))]
+        tags = [("state", outcome.state), ("epochs", str(outcome.epochs))]
         if outcome.diagnosis:
-            tags.append(RunTag("diagnosis", outcome.diagnosis))
-        tags += _placement_tags(record)  # where the trial trained last, if not tagged yet
+            tags.append(("diagnosis", outcome.diagnosis))
         if outcome.reason:
             key = "fail_reason" if outcome.state == "failed" else "stop_reason"
-            tags.append(RunTag(key, outcome.reason[:5000]))
-        self.client.log_batch(record.run_id, metrics=record.pending, tags=tags)
-        record.tagged = (record.where, record.resumed_from)
-        record.pending = []
-        self.client.set_terminated(record.run_id, STATUS[outcome.state])
+            tags.append((key, outcome.reason[:5000]))
+        self._flush(record, tags)  # with where the trial trained last, if not tagged yet
+        self._put_end(record.key, STATUS[outcome.state])
         self._ended.add(trial_id)
         if outcome.state == "complete" and self._better(outcome.value):
             self._log_model(record, outcome)
@@ -315,10 +374,10 @@ class Tracker:
             path = Path(directory) / MODEL_FILE
             if not path.is_file():
                 return
-            self.client.log_artifact(self.parent_run_id, str(path), "best_model")
+            self._put_artifact("parent", path, "best_model")  # a copy: the checkpoint may go before it is sent
         self._best_model = (outcome.number, outcome.value)
-        tags = [RunTag("best_model_trial", str(outcome.number)), RunTag("best_model_value", repr(outcome.value))]
-        self.client.log_batch(self.parent_run_id, tags=tags)
+        tags = [("best_model_trial", str(outcome.number)), ("best_model_value", repr(outcome.value))]
+        self._put_batch("parent", tags=tags)
 
     # -- the end of the launch
 
@@ -327,53 +386,57 @@ class Tracker:
     ) -> str | None:
         """Close what is still open, then put the study's summary and the ``files`` (a directory: the plots
         and tables :mod:`tuner.report` wrote) on the parent run. ``outcomes``: each Ray Tune trial's end.
+        The records wait in the outbox: :meth:`close` sends them.
 
         Returns the best model's URI, if one was logged.
         """
         for trial_id, outcome in outcomes.items():
+            if trial_id not in self.trials and outcome.number not in self._by_number:
+                # Proposed, but stopped (Ctrl-C) before it started: Optuna holds it, so MLflow does too.
+                self._open(trial_id, outcome.number, outcome.params, outcome.seed)
             self.end_trial(trial_id, outcome)
         for trial_id, record in self.trials.items():  # no outcome: Optuna never heard of its end
             if trial_id not in self._ended:
                 self._flush(record)
-                self.client.set_terminated(record.run_id, "FAILED")
+                self._put_end(record.key, "FAILED")
                 self._ended.add(trial_id)
         ends = {o.number: o for o in result.trials}
         started = {id(r) for r in self.trials.values()}
         for number, record in self._by_number.items():  # an earlier launch's runs that nothing resumed
             if not record.done and id(record) not in started:
                 end = ends.get(number)
-                self.client.set_terminated(record.run_id, STATUS[end.state] if end else "FAILED")
-        counts = result.counts()
-        metrics = [Metric(f"trials_{state}", n, int(time.time() * 1000), 0) for state, n in counts.items()]
+                self._put_end(record.key, STATUS[end.state] if end else "FAILED")
+        stamp = _now()
+        metrics: list[list[Any]] = [[f"trials_{state}", n, stamp, 0] for state, n in result.counts().items()]
         best = result.best
         tags = []
         if best is not None and best.value is not None:
-            metrics.append(Metric(f"best_{result.metric}", best.value, int(time.time() * 1000), 0))
-            tags = [RunTag("best_trial", str(best.number))]
-            tags += [RunTag(f"best.{k}", _text(v)) for k, v in best.params.items()]
-        self.client.log_batch(self.parent_run_id, metrics=metrics, tags=tags)
+            metrics.append([f"best_{result.metric}", best.value, stamp, 0])
+            tags = [("best_trial", str(best.number))]
+            tags += [(f"best.{k}", _text(v)) for k, v in best.params.items()]
         model_uri = None
         if best is not None and self._best_model is not None and self._best_model[0] == best.number:
             model_uri = f"runs:/{self.parent_run_id}/best_model/{MODEL_FILE}"
-            self.client.set_tag(self.parent_run_id, "best_model_uri", model_uri)
-        try:
-            if files is not None:
-                self.client.log_artifacts(self.parent_run_id, str(files))
-        except Exception as exc:  # the study itself is complete in Optuna and in the runs above
-            self.warn(f"mlflow: could not log the study's artifacts: {type(exc).__name__}: {_first_line(exc)}")
-        status = "KILLED" if result.interrupted else "FINISHED"
-        self.client.set_terminated(self.parent_run_id, status)
+            tags.append(("best_model_uri", model_uri))
+        self._put_batch("parent", metrics=metrics, tags=tags)
+        if files is not None:
+            kept = self.outbox.file(files)
+            self.outbox.put({"op": "log_artifact", "run": "parent", "path": kept, "artifact_path": None})
+        self._put_end("parent", "KILLED" if result.interrupted else "FINISHED")
         return model_uri
 
     def fail(self) -> None:
         """End every run still open as FAILED (the launch itself broke)."""
         for trial_id, record in self.trials.items():
             if trial_id not in self._ended:
-                with contextlib.suppress(Exception):
-                    self._flush(record)
-                    self.client.set_terminated(record.run_id, "FAILED")
-        with contextlib.suppress(Exception):
-            self.client.set_terminated(self.parent_run_id, "FAILED")
+                self._flush(record)
+                self._put_end(record.key, "FAILED")
+        self._put_end("parent", "FAILED")
+
+    def close(self, patience: float = PATIENCE_SECONDS) -> int:
+        """Wait for MLflow to take this launch's records (see :meth:`tuner.outbox.Outbox.close`); how many
+        records still wait, for :func:`sync`."""
+        return self.outbox.close(patience=patience)
 
     def curves(self, result: StudyResult) -> dict[int, Curve]:
         """Every trial's curves (this launch's and, for a resumed launch, the earlier ones'), with how each
@@ -385,6 +448,153 @@ class Tracker:
             state, label = (end.state, end.diagnosis) if end else ("failed", None)
             curves[number] = Curve(record.optimizer, state, self.curve_store.history(number), label)
         return curves
+
+
+#: A record's run named by its MLflow id, rather than by a key the outbox maps to one.
+_RUN = "run:"
+
+
+class _Sender:
+    """Sends an outbox's records to MLflow, in order (see :mod:`tuner.outbox`): one MLflow call each."""
+
+    def __init__(self, client: MlflowClient, directory: Path) -> None:
+        self.client, self.directory = client, directory
+        self.runs: dict[str, str] = {}
+
+    def learn(self, record: dict[str, Any], answer: Any) -> None:
+        """Note the runs a record named or made (``answer``: what sending it returned)."""
+        if record.get("op") == "runs":
+            self.runs.update(record["runs"])
+        elif record.get("op") == "create_run" and isinstance(answer, str):
+            self.runs[record["key"]] = answer
+
+    def __call__(self, record: dict[str, Any], sent_before: bool) -> Any:
+        import requests
+
+        try:
+            answer = self._send(record, sent_before)
+        except MlflowException as exc:
+            if exc.get_http_status_code() < 500:
+                raise  # refused: the record is wrong, not the server away
+            raise outbox.Unreachable(_reason(exc)) from None
+        except requests.HTTPError as exc:
+            if exc.response is not None and exc.response.status_code < 500:
+                raise
+            raise outbox.Unreachable(_reason(exc)) from None
+        except (requests.RequestException, ConnectionError, TimeoutError) as exc:
+            raise outbox.Unreachable(_reason(exc)) from None
+        self.learn(record, answer)
+        return answer
+
+    def _send(self, record: dict[str, Any], sent_before: bool) -> Any:
+        op = record["op"]
+        if op == "runs":
+            return None
+        if op == "create_run":
+            if sent_before:  # an earlier try may have made it: the server, not the answer, was lost
+                where = " and ".join(f"tags.`{k}` = '{record['tags'][k]}'" for k in record["match"])
+                found = self.client.search_runs([record["experiment_id"]], where, max_results=1)
+                if found:
+                    return found[0].info.run_id
+            tags, name = record["tags"], record["run_name"]
+            run = self.client.create_run(record["experiment_id"], record["start_time"], tags, name)
+            return run.info.run_id
+        run_id = self._run_id(record["run"])
+        if op == "log_batch":
+            metrics = [Metric(k, v, stamp, step) for k, v, stamp, step in record.get("metrics", ())]
+            params = [Param(k, v) for k, v in record.get("params", {}).items()]
+            tags = [RunTag(k, v) for k, v in record.get("tags", {}).items()]
+            self.client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
+        elif op == "set_terminated":
+            self.client.set_terminated(run_id, record["status"], record["end_time"])
+        elif op == "log_artifact":
+            path = self.directory / record["path"]
+            if path.is_dir():
+                self.client.log_artifacts(run_id, str(path), record["artifact_path"])
+            else:
+                self.client.log_artifact(run_id, str(path), record["artifact_path"])
+        else:
+            raise ValueError(f"unknown record {op!r}")
+        return None
+
+    def _run_id(self, run: str) -> str:
+        if run.startswith(_RUN):
+            return run[len(_RUN) :]
+        if run not in self.runs:
+            raise LookupError(f"the run {run!r} was never made")
+        return self.runs[run]
+
+
+@contextlib.contextmanager
+def client_settings() -> Iterator[None]:
+    """:data:`CLIENT_SETTINGS` in the environment (where it does not say otherwise), then as it was."""
+    saved = {key: os.environ.get(key) for key in CLIENT_SETTINGS}
+    for key, value in CLIENT_SETTINGS.items():
+        os.environ.setdefault(key, value)
+    try:
+        yield
+    finally:
+        for key, was in saved.items():
+            if was is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = was
+
+
+def sync(
+    study: str,
+    *,
+    workdir: Path,
+    tracking_uri: str | None = None,
+    warn: Callable[[str], None] | None = None,
+    quiet: bool = False,
+) -> tuple[int, int]:
+    """Send what launches of ``study`` kept in ``workdir`` while MLflow was unreachable, oldest first.
+
+    Args:
+        tracking_uri: where to send them; default, where each launch was sending them.
+        quiet: an unreachable server or a launch still running leaves its records waiting without an error.
+
+    Returns:
+        ``(sent, waiting)``: records sent now, and records still waiting (a running launch's).
+
+    Raises:
+        TunerError: the server does not answer (unless ``quiet``).
+    """
+    warn = warn or (lambda text: None)
+    sent = waiting = 0
+    for directory in outbox.outboxes(workdir / OUTBOX):
+        about = outbox.header(directory)
+        if about.get("study") != study:
+            continue
+        uri = tracking_uri or about["tracking_uri"]
+        sender = _Sender(MlflowClient(tracking_uri=uri), directory)
+        try:
+            with client_settings():
+                sent += outbox.drain(directory, sender, sender.learn, warn)
+        except outbox.Busy:
+            waiting += outbox.waiting(directory)
+        except outbox.Unreachable as exc:
+            if not quiet:
+                raise TunerError(f"cannot reach the MLflow tracking server at {uri} ({exc})") from None
+            waiting += outbox.waiting(directory)
+    return sent, waiting
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a request failed, in a few words (MLflow's messages quote the whole URL and the retry policy)."""
+    text = str(exc)
+    for words, reason in (("Connection refused", "connection refused"), ("Connection aborted", "connection lost"),
+                          ("Connection reset", "connection lost"), ("RemoteDisconnected", "connection lost"),
+                          ("timed out", "timed out"), ("Timeout", "timed out"),
+                          ("Name or service not known", "unknown host")):  # fmt: skip
+        if words in text:
+            return reason
+    return f"{type(exc).__name__}: {_first_line(exc)[:120]}"
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
 
 
 class TrackingCallback(tune.Callback):
@@ -399,6 +609,11 @@ class TrackingCallback(tune.Callback):
         self._tracker, self._outcomes = tracker, outcomes
         for name in ("on_trial_start", "on_trial_result", "on_trial_complete", "on_trial_error"):
             setattr(self, name, self._guarded(getattr(self, name)))
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Ray Tune pickles its callbacks with the experiment, for Tuner.restore (which tuner does not use:
+        # `tuner resume` builds its own). The tracker, with its open outbox, stays in this process.
+        return {**self.__dict__, "_tracker": None}
 
     def _guarded(self, method: Callable[..., None]) -> Callable[..., None]:
         def call(*args: Any, **kwargs: Any) -> None:
@@ -434,7 +649,7 @@ class TrackingCallback(tune.Callback):
             self._tracker.end_trial(trial.trial_id, outcome)
 
 
-def _placement_tags(record: _TrialRecord) -> list[RunTag]:
+def _placement_tags(record: _TrialRecord) -> list[tuple[str, str]]:
     """Tags saying where a trial trains (its Ray node and worker process) and the epoch it resumed from, if
     they changed since last logged. They ride with the metrics, so that a running trial's run shows where it
     runs, and a trial moved by a node failure its new node, at no extra request."""
@@ -443,9 +658,9 @@ def _placement_tags(record: _TrialRecord) -> list[RunTag]:
     tags = []
     if record.where:
         names = ("ray.node_ip", "ray.pid", "ray.node_id")
-        tags += [RunTag(name, value) for name, value in zip(names, record.where, strict=True) if value]
+        tags += [(name, value) for name, value in zip(names, record.where, strict=True) if value]
     if record.resumed_from is not None:
-        tags.append(RunTag("resumed_from_epoch", str(record.resumed_from)))
+        tags.append(("resumed_from_epoch", str(record.resumed_from)))
     return tags
 
 
