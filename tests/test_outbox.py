@@ -102,7 +102,11 @@ def test_a_refused_record_is_dropped_with_a_warning_and_the_rest_go(tmp_path: Pa
     box.put({"i": 2})
     assert box.close(patience=10) == 0
     assert numbers(receiver.got) == [0, 2]
-    assert warnings == ["mlflow: here refused a record (ValueError: no such run); it is dropped"]
+    assert warnings == [
+        f"mlflow: here refused a record (ValueError: no such run); it is kept in {tmp_path}/refused.jsonl"
+    ]
+    (kept,) = [json.loads(line) for line in (tmp_path / "refused.jsonl").read_text().splitlines()]
+    assert kept["record"]["i"] == 1 and kept["error"] == "ValueError: no such run"
 
 
 def test_a_crashed_launch_leaves_its_records_for_the_next_process(tmp_path: Path) -> None:
@@ -116,6 +120,8 @@ def test_a_crashed_launch_leaves_its_records_for_the_next_process(tmp_path: Path
         box.put({"i": i})
     with pytest.raises(outbox.Busy):  # while the launch runs, only it sends its records
         outbox.drain(directory, receiver, lambda r, a: None, print)
+    while box.down is None:  # the header has gone, the first record has failed
+        time.sleep(0.01)
     box.close(patience=0)
     with open(directory / outbox.SENT, "a") as sent:  # record 2 ({"i": 0}) went before the crash
         sent.write(json.dumps({"n": 2, "answer": "answer-2"}) + "\n")
@@ -137,3 +143,34 @@ def test_outboxes_are_listed_oldest_first(tmp_path: Path) -> None:
         made.append(box.directory)
         box.close(patience=0)  # never started: its header waits
     assert outbox.outboxes(tmp_path) == made
+
+
+def test_a_sending_thread_that_dies_is_noticed_at_the_end(tmp_path: Path) -> None:
+    """A fault of the sender itself (here its warning breaks) ends the thread: close() does not wait for it."""
+
+    def warn(text: str) -> None:
+        raise BrokenPipeError("stderr is gone")
+
+    box = outbox.Outbox(outbox.new_directory(tmp_path), {"study": "s"})
+    receiver = Receiver()
+    receiver.down.set()
+    box.start(receiver, warn, "here")
+    box.put({"i": 0})
+    started = time.monotonic()
+    assert box.close(patience=60) == 1
+    assert time.monotonic() - started < 5
+
+
+def test_a_sent_line_cut_short_by_a_crash_does_not_swallow_the_next(tmp_path: Path) -> None:
+    directory = outbox.new_directory(tmp_path)
+    box = outbox.Outbox(directory, {"study": "s"})
+    for i in range(2):
+        box.put({"i": i})
+    box.close(patience=0)  # never started: all wait
+    with open(directory / outbox.SENT, "a") as sent:
+        sent.write('{"n": 1, "ans')  # the crash cut this line short
+    receiver = Receiver()
+    receiver.down.set()
+    with pytest.raises(outbox.Unreachable):  # after it marked the header sent
+        outbox.drain(directory, receiver, lambda r, a: None, print)
+    assert outbox.waiting(directory) == 2

@@ -16,7 +16,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from PIL import Image, ImageStat
 
-from tuner import run_study
+from tuner import outbox, run_study
 from tuner.data import load_dataset
 from tuner.optimizers import OPTIMIZERS
 from tuner.report import MIN_TRIALS_FOR_IMPORTANCE
@@ -288,9 +288,18 @@ def test_records_kept_while_the_server_is_down_are_sent_by_tuner_sync(tmp_path: 
         summary = json.loads(out.strip().splitlines()[-1])
         waiting = summary["unsent_records"]
         assert waiting > 0
-        assert f"mlflow: the tracking server did not answer; {waiting} records wait in {workdir}; " in err
+        assert f"mlflow: the tracking store did not take them; {waiting} records wait in {workdir}; " in err
         assert f"send them with: tuner sync outage-sync --workdir {workdir} --tracking-uri {url}\n" in err
         assert sum(summary["trials"].values()) == 6
+
+        sync = [tuner_command(), "sync", "outage-sync", "--workdir", str(workdir)]
+        down = subprocess.run(sync, capture_output=True, text=True, timeout=120)
+        assert (down.returncode, down.stderr) == (1, f"error: cannot reach the MLflow tracking server at {url} "
+                                                     "(connection refused)\n")  # fmt: skip
+        other = subprocess.run([*sync, "--tracking-uri", f"sqlite:///{tmp_path / 'other.db'}"],
+                               capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert other.returncode == 1 and f"does not hold run {summary['mlflow']['parent_run_id']}" in other.stderr
+        assert sum(outbox.waiting(d) for d in outbox.outboxes(workdir / OUTBOX)) == waiting  # nothing lost
 
         server.start()
         done = subprocess.run([tuner_command(), "sync", "outage-sync", "--workdir", str(workdir)],

@@ -76,6 +76,17 @@ def validate(spec: str) -> None:
     click.echo(f"{spec}: ok: {load_spec(spec).describe()}")
 
 
+def _workdir(what: str) -> Callable[[F], F]:
+    return click.option(
+        "--workdir",
+        type=click.Path(file_okay=False),
+        default=".",
+        show_default=True,
+        envvar="TUNER_WORKDIR",
+        help=f"{what} (env: TUNER_WORKDIR).",
+    )
+
+
 def _run_options(command: F) -> F:
     """The options every command that runs a study takes: where its state lives, where it runs, output."""
     options = [
@@ -98,14 +109,7 @@ def _run_options(command: F) -> F:
             metavar="PATH_OR_URI",
             help="Where trials keep their checkpoints, seen by every node [default: WORKDIR/ray_results].",
         ),
-        click.option(
-            "--workdir",
-            type=click.Path(file_okay=False),
-            default=".",
-            show_default=True,
-            envvar="TUNER_WORKDIR",
-            help="Where the run writes everything (env: TUNER_WORKDIR).",
-        ),
+        _workdir("Where the run writes everything"),
         click.option("--json", "as_json", is_flag=True, help="End stdout with one JSON object describing the result."),
         click.option(
             "--verbose",
@@ -221,21 +225,14 @@ def _mlflow_line(runs: dict[str, str], study: str, workdir: str) -> str:
 def _unsent_line(count: int, study: str, workdir: str, runs: dict[str, str] | None) -> str:
     uri = f" --tracking-uri {runs['tracking_uri']}" if runs else ""
     return (
-        f"mlflow: the tracking server did not answer; {count} record{'s' * (count != 1)} wait in "
+        f"mlflow: the tracking store did not take them; {count} record{'s' * (count != 1)} wait in "
         f"{os.path.abspath(workdir)}; send them with: tuner sync {study} --workdir {os.path.abspath(workdir)}{uri}"
     )
 
 
 @main.command()
 @click.argument("study")
-@click.option(
-    "--workdir",
-    type=click.Path(file_okay=False),
-    default=".",
-    show_default=True,
-    envvar="TUNER_WORKDIR",
-    help="Where the launches ran (env: TUNER_WORKDIR).",
-)
+@_workdir("Where the launches ran")
 @click.option("--tracking-uri", metavar="URI", help="Where to send them [default: where each launch sent its records].")
 def sync(study: str, workdir: str, tracking_uri: str | None) -> None:
     """Send MLflow the records that launches of STUDY kept in the work directory while it did not answer."""
@@ -246,7 +243,11 @@ def sync(study: str, workdir: str, tracking_uri: str | None) -> None:
     sent, waiting = send(study, workdir=Path(workdir).resolve(), tracking_uri=tracking_uri, warn=_warn)
     click.echo(f"mlflow: sent {sent} record{'s' * (sent != 1)} of study {study}")
     if waiting:
-        click.echo(f"mlflow: {waiting} records belong to a launch still running; it sends them itself", err=True)
+        click.echo(
+            f"mlflow: {waiting} more record{'s' * (waiting != 1)} belong to another tuner process (a launch still "
+            "running sends its own)",
+            err=True,
+        )
 
 
 def _warn(text: str) -> None:

@@ -26,6 +26,10 @@ __all__ = ["Busy", "Outbox", "Unreachable", "drain", "header", "new_directory", 
 
 RECORDS = "records.jsonl"
 LOCK = "lock"
+#: Beside the outboxes: the records a receiver refused, kept for a person to read.
+REFUSED = "refused.jsonl"
+#: How long a request may take (tuner.tracking sets MLflow's timeout to this): close() waits for one.
+REQUEST_SECONDS = 10.0
 SENT = "sent.jsonl"
 FILES = "files"
 #: The first retry after a failure waits this long, doubling up to RETRY_MAX.
@@ -67,7 +71,7 @@ class Outbox:
         self._numbers = self._files = 0
         self._condition = threading.Condition()
         self._thread: threading.Thread | None = None
-        self._stopping = self._hurry = False
+        self._stopping = self._hurry = self._closed = False
         self._failures = 0
         #: The last error while the receiver is unreachable; None while records go through.
         self.down: str | None = None
@@ -104,6 +108,13 @@ class Outbox:
         self._thread.start()
 
     def _run(self, send: Send, warn: Callable[[str], None], where: str) -> None:
+        try:
+            self._loop(send, warn, where)
+        except Exception as exc:  # a fault of this machine (a full disk): say so; close() sees the thread gone
+            with contextlib.suppress(Exception):
+                warn(f"mlflow: stopped sending records ({type(exc).__name__}: {_first_line(exc)})")
+
+    def _loop(self, send: Send, warn: Callable[[str], None], where: str) -> None:
         retry = RETRY_FIRST
         tried: set[int] = set()
         while True:
@@ -116,28 +127,31 @@ class Outbox:
                 answer = None if "header" in record else send(record, record["n"] in tried)
             except Unreachable as exc:
                 tried.add(record["n"])
-                with self._condition:
-                    self._failures += 1
-                    self._condition.notify_all()
                 if self.down is None:
                     warn(f"mlflow: {where} does not answer ({exc}); its records wait in {self.directory}")
-                self.down = str(exc)
                 with self._condition:
+                    self.down = str(exc)
+                    self._failures += 1
+                    self._condition.notify_all()
                     self._condition.wait_for(lambda: self._stopping or self._hurry, timeout=retry)
                     retry = RETRY_FIRST if self._hurry else min(retry * 2, RETRY_MAX)
                     self._hurry = False
                 continue
             except Exception as exc:  # refused, not unreachable: sending it again would fail again
-                warn(f"mlflow: {where} refused a record ({type(exc).__name__}: {_first_line(exc)}); it is dropped")
                 answer = {"error": f"{type(exc).__name__}: {_first_line(exc)}"}
-            self._sent.write(json.dumps({"n": record["n"], "answer": answer}) + "\n")
-            self._sent.flush()
+                kept = _refuse(self.directory, record, answer["error"])
+                warn(f"mlflow: {where} refused a record ({answer['error']}); it is kept in {kept}")
             with self._condition:
+                if self._closed:  # close() gave up on this request; the record counts as waiting
+                    return
+                self._sent.write(json.dumps({"n": record["n"], "answer": answer}) + "\n")
+                self._sent.flush()
                 self._queue.pop(0)
+                back, self.down = self.down is not None, None
                 self._condition.notify_all()
-            if self.down is not None:
+            if back:
                 warn(f"mlflow: {where} answers again; sending the records that waited")
-                self.down, retry = None, RETRY_FIRST
+                retry = RETRY_FIRST
 
     def waiting(self) -> int:
         """How many records are not sent yet."""
@@ -148,25 +162,28 @@ class Outbox:
         """Stop sending once every record is sent, or once ``patience`` seconds pass with none sent, or once
         the receiver, unreachable, fails the one more try it gets at once; returns how many records wait. With
         none waiting, the outbox is removed."""
+        thread = self._thread
         with self._condition:
             self._hurry = True
             self._condition.notify_all()
             last, progress, failures = len(self._queue), time.monotonic(), self._failures
-            while self._queue and self._thread is not None and time.monotonic() - progress < patience:
-                if self.down is not None and self._failures > failures:
+            while self._queue and thread is not None and thread.is_alive():
+                if time.monotonic() - progress > patience or (self.down is not None and self._failures > failures):
                     break
                 self._condition.wait(timeout=0.2)
                 if len(self._queue) < last:
                     last, progress = len(self._queue), time.monotonic()
             self._stopping = True
             self._condition.notify_all()
+        if thread is not None:
+            thread.join(timeout=REQUEST_SECONDS)  # a request under way ends within its timeout
+        with self._condition:
+            self._closed = True  # a request still under way now writes nothing
             left = len(self._queue)
-        if self._thread is not None:
-            self._thread.join(timeout=1.0)  # it may be inside a request; it is a daemon and holds nothing
-        self._records.close()
-        self._sent.close()
+            self._records.close()
+            self._sent.close()
         if not left:
-            shutil.rmtree(self.directory, ignore_errors=True)
+            _remove(self.directory)
         self._lock.close()
         return left
 
@@ -176,11 +193,12 @@ def drain(
 ) -> int:
     """Send what an outbox still holds, in order, in this thread; returns how many records it sent and
     removes the outbox once none waits. ``learn(record, answer)`` is first given every record sent earlier;
-    a record the receiver refuses is dropped, with a ``warn``.
+    a record the receiver refuses is set aside (see :func:`refused`), with a ``warn``.
 
     Raises:
         Unreachable: the receiver did not answer; what is sent so far stays sent.
-        Busy: a running launch holds the outbox.
+        Busy: another process holds the outbox (a running launch, or another sync).
+        FileNotFoundError: the outbox is gone (another process finished it).
     """
     lock = _locked(directory)
     if lock is None:
@@ -198,7 +216,9 @@ def _drain(
         if int(record["n"]) in answers:
             learn(record, answers[int(record["n"])])
     sent = 0
-    with open(directory / SENT, "a", encoding="utf-8") as out:
+    with open(directory / SENT, "a+", encoding="utf-8") as out:
+        if out.tell() and (out.seek(out.tell() - 1), out.read(1))[1] != "\n":
+            out.write("\n")  # the line a crash cut short ends here; it does not count
         for record in records:
             if int(record["n"]) in answers:
                 continue
@@ -207,19 +227,40 @@ def _drain(
             except Unreachable:
                 raise
             except Exception as exc:  # refused: sending it again would fail again
-                warn(f"mlflow: a record was refused ({type(exc).__name__}: {_first_line(exc)}); it is dropped")
                 answer = {"error": f"{type(exc).__name__}: {_first_line(exc)}"}
+                kept = _refuse(directory, record, answer["error"])
+                warn(f"mlflow: a record was refused ({answer['error']}); it is kept in {kept}")
             out.write(json.dumps({"n": record["n"], "answer": answer}) + "\n")
             out.flush()
-            sent += 1
-    shutil.rmtree(directory, ignore_errors=True)
+            sent += "header" not in record
+    _remove(directory)
     return sent
 
 
-def header(directory: Path) -> dict[str, Any]:
-    """What an outbox is about: the header it was created with."""
-    with open(directory / RECORDS, encoding="utf-8") as lines:
-        return dict(json.loads(lines.readline())["header"])
+def _refuse(directory: Path, record: dict[str, Any], error: str) -> Path:
+    """Keep a record the receiver refused beside the outboxes, where it outlives its outbox."""
+    kept = directory.parent / REFUSED
+    with open(kept, "a", encoding="utf-8") as out:
+        out.write(json.dumps({"outbox": directory.name, "error": error, "record": record}) + "\n")
+    return kept
+
+
+def _remove(directory: Path) -> None:
+    """Remove an outbox, first out of sight (renamed, with its lock still held), so that no other process
+    opens it half-deleted."""
+    gone = directory.with_name(f".{directory.name}.done")
+    with contextlib.suppress(OSError):
+        directory.rename(gone)
+        shutil.rmtree(gone, ignore_errors=True)
+
+
+def header(directory: Path) -> dict[str, Any] | None:
+    """What an outbox is about: the header it was created with; None if it has none (yet), or is gone."""
+    try:
+        with open(directory / RECORDS, encoding="utf-8") as lines:
+            return dict(json.loads(lines.readline())["header"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def waiting(directory: Path) -> int:
@@ -232,7 +273,7 @@ def outboxes(root: Path) -> list[Path]:
     """The outboxes under ``root``, oldest first (see :func:`new_directory`)."""
     if not root.is_dir():
         return []
-    return sorted(d for d in root.iterdir() if (d / RECORDS).is_file())
+    return sorted(d for d in root.iterdir() if not d.name.startswith(".") and (d / RECORDS).is_file())
 
 
 def new_directory(root: Path) -> Path:

@@ -207,11 +207,12 @@ def _execute(spec: Spec, plan: _Plan, options: RunOptions) -> StudyResult:
     stores = _locate(options)
     sampler = make_sampler(spec.study.sampler, spec.study.seed)
     # SIGTERM stops a launch as Ctrl-C does, from the start (_init_ray keeps the handler ray.init replaces).
-    with _process_settings(options.verbose), _sigterm_as_ctrl_c() as received:
+    with _process_settings(options.verbose), _sigterm_as_ctrl_c() as received, contextlib.ExitStack() as stack:
         curves = Curves()  # every trial's curves, recorded by the search, read by the diagnosis and the records
-        session = _connect(spec, plan, stores, options, curves)
+        session = _connect(spec, plan, stores, options, curves, received)
         tracker = session.tracker
         try:
+            stack.enter_context(tracking.client_settings())  # from here on, only the outbox's thread sends
             search = StudySearch(
                 spec,
                 storage=session.storage,
@@ -227,10 +228,11 @@ def _execute(spec: Spec, plan: _Plan, options: RunOptions) -> StudyResult:
             tracker.fail()
             raise
         finally:
-            # The records are queued; the outbox's thread sends them while Ray stops.
-            if session.own_ray:
-                _stop_ray()
-            unsent = tracker.close()
+            try:  # the records are queued; the outbox's thread sends them while Ray stops
+                if session.own_ray:
+                    _stop_ray()
+            finally:
+                unsent = tracker.close()
     runs = {"tracking_uri": stores.tracking_uri, "experiment_id": tracker.experiment_id}
     runs["parent_run_id"] = tracker.parent_run_id
     if model_uri:
@@ -274,6 +276,7 @@ class _Session:
     dataset: Dataset
     storage: optuna.storages.BaseStorage
     tracker: tracking.Tracker
+    signals: list[int]  # each SIGTERM received: Ray Tune's loop stops at the next step
 
 
 def _locate(options: RunOptions) -> _Stores:
@@ -291,9 +294,11 @@ def _locate(options: RunOptions) -> _Stores:
     return _Stores(workdir, storage_url, tracking_uri)
 
 
-def _connect(spec: Spec, plan: _Plan, stores: _Stores, options: RunOptions, curves: Curves) -> _Session:
+def _connect(
+    spec: Spec, plan: _Plan, stores: _Stores, options: RunOptions, curves: Curves, signals: list[int]
+) -> _Session:
     """Start or reach Ray while this thread reads the data and opens the Optuna and MLflow stores (Ray's start
-    is seconds of waiting on its processes)."""
+    is seconds of waiting on its processes). ``signals``: the SIGTERMs received, which stop the launch here."""
     own_ray = not ray.is_initialized()
     in_job = bool(os.environ.get(JOB_CONFIG_VARIABLE))
     preparing: Future[tuple[Dataset, optuna.storages.BaseStorage, tracking.Tracker]] | None = None
@@ -307,15 +312,18 @@ def _connect(spec: Spec, plan: _Plan, stores: _Stores, options: RunOptions, curv
                 os.chdir(cwd)
             preparing = pool.submit(_prepare, spec, stores, options.warn, plan.parent_run_id, curves)
             if own_ray and not in_job:
+                # Here, not in the pool's thread: Ray's node processes die with the thread that started them.
                 _init_ray(options.address, options.verbose)
-            dataset, storage, tracker = preparing.result()
+            prepared = preparing.result()
+            if signals:
+                raise Terminated
         except BaseException:
             if own_ray:
                 ray.shutdown()
-            if preparing is not None:  # Ctrl-C or SIGTERM meanwhile: close the records it opens, if it does
+            if preparing is not None:  # close the records it opens, if it does
                 preparing.add_done_callback(_close_records)
             raise
-    return _Session(own_ray, dataset, storage, tracker)
+    return _Session(own_ray, *prepared, signals)
 
 
 def _close_records(preparing: Future[tuple[Dataset, optuna.storages.BaseStorage, tracking.Tracker]]) -> None:
@@ -388,7 +396,7 @@ def _tune(
             _Progress(search, options.progress),
         ]
         interrupted = _fit(spec, search, options.trainable, session.dataset, (root, name), plan.samples,
-                           concurrency, callbacks)  # fmt: skip
+                           concurrency, callbacks, session.signals)  # fmt: skip
     launched = [t for t in search.study.get_trials() if t.user_attrs.get("launch") == plan.launch]
     return StudyResult(
         study=spec.study.name,
@@ -465,6 +473,7 @@ def _fit(
     trials: int,
     concurrency: int,
     callbacks: list[tune.Callback],
+    signals: list[int],
 ) -> bool:
     """Run the trials through Ray Tune into ``experiment`` (its storage path or URI, and its name); returns
     whether the run was interrupted."""
@@ -490,7 +499,7 @@ def _fit(
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage_path,
-            stop=_StopOnReason(STOP_REASON),
+            stop=_StopOnReason(STOP_REASON, signals),
             # A trial whose worker (or node) dies starts again from its last epoch's checkpoint.
             failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
@@ -520,16 +529,16 @@ def _trial_name_for(trial_id: str) -> str:
 
 class _StopOnReason(tune.Stopper):
     """A Tune stopper: a result carrying a stop reason ends its trial before any scheduler or searcher
-    sees that result (it holds no finite metric to compare)."""
+    sees that result (it holds no finite metric to compare); a SIGTERM received ends them all."""
 
-    def __init__(self, key: str) -> None:
-        self.key = key
+    def __init__(self, key: str, signals: list[int]) -> None:
+        self.key, self.signals = key, signals
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         return bool(result.get(self.key))
 
     def stop_all(self) -> bool:
-        return False
+        return bool(self.signals)  # a SIGTERM that came before Ray Tune's own handler was in place
 
 
 class _Progress(tune.Callback):
@@ -589,8 +598,10 @@ def _sigterm_as_ctrl_c() -> Iterator[list[int]]:
     """SIGTERM (``docker stop``, ``kill``, a Ray job being stopped) stops a launch as Ctrl-C does.
 
     While Ray Tune's loop runs, through Tune's own SIGINT handler: the loop ends, and the search tells Optuna
-    FAIL for each trial still running. Elsewhere, and at a second SIGTERM, as :class:`Terminated`, a
-    KeyboardInterrupt. The list it yields records each SIGTERM received.
+    FAIL for each trial still running. Elsewhere the handler only records it, in the list it yields, and the
+    launch stops at its next safe point (after connecting; Tune's loop at its next step, through the stopper):
+    an exception raised from a handler lands wherever the thread is, a held lock included. A second SIGTERM
+    raises :class:`Terminated`, a KeyboardInterrupt, at once.
     """
     received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
@@ -602,8 +613,8 @@ def _sigterm_as_ctrl_c() -> Iterator[list[int]]:
         handler = signal.getsignal(signal.SIGINT)
         if callable(handler) and handler is not signal.default_int_handler:
             handler(signal.SIGINT, frame)  # Ray Tune's, which stops its loop gracefully
-        else:
-            raise Terminated
+        elif len(received) > 1:
+            raise Terminated  # asked twice: at once, wherever this thread is
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
@@ -620,8 +631,7 @@ def _process_settings(verbose: bool) -> Iterator[None]:
 
     - Ray Tune's per-result file loggers (JSON, CSV, TensorBoard) repeat what Optuna and MLflow record and
       cost the driver more per epoch than a small trial's training; they are off.
-    - MLflow's client tries each request once, for 10 s at most, and prints no "View run" links
-      (:data:`tracking.CLIENT_SETTINGS`).
+    - MLflow's client prints no "View run" links (:data:`tracking.QUIET_CLIENT`).
     - Unless ``verbose``: Tune's newer console output prints its configuration box whatever the verbosity
       (the classic reporter honours verbose=0); a failed trial's error is printed once, by tuner, as one
       line; Ray's, MLflow's and Optuna's loggers and warnings keep quiet.
@@ -632,7 +642,7 @@ def _process_settings(verbose: bool) -> Iterator[None]:
     main = threading.current_thread() is threading.main_thread()
     sigterm = signal.getsignal(signal.SIGTERM) if main else None
     try:
-        with warnings.catch_warnings(), tracking.client_settings():
+        with warnings.catch_warnings(), tracking.client_settings(bounded=False):
             os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
             optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
             if not verbose:
@@ -670,16 +680,16 @@ def _init_ray(address: str | None, verbose: bool) -> None:
     sigterm = signal.getsignal(signal.SIGTERM) if main else None
     try:
         ray.init(address=address, **kwargs)
-        if sigterm is not None:  # ray.init puts in a SIGTERM handler that exits at once; keep the launch's
-            signal.signal(signal.SIGTERM, sigterm)
-    except SystemExit as exc:  # a SIGTERM while Ray starts, as ray.init's handler reports it
+    except SystemExit as exc:  # a SIGTERM while Ray starts, as the handler ray.init puts in reports it
         if sigterm is None or exc.code != signal.SIGTERM:
             raise
-        signal.signal(signal.SIGTERM, sigterm)
         raise Terminated from None
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = address or os.environ.get("RAY_ADDRESS") or "a local Ray"
         raise TunerError(f"cannot start or reach Ray at {where}: {str(exc).splitlines()[0]}") from None
+    finally:
+        if sigterm is not None:  # ray.init puts in a SIGTERM handler that exits at once; keep the launch's
+            signal.signal(signal.SIGTERM, sigterm)
 
 
 def _default_concurrency(spec: Spec) -> int:

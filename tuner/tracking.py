@@ -60,13 +60,13 @@ KIND_TAG = "mlflow.experimentKind"
 OUTBOX = Path(".tuner") / "outbox"
 #: The end of a launch waits this long for MLflow to take its records, once none goes through.
 PATIENCE_SECONDS = 30.0
-#: MLflow's client, as tuner sets it unless the environment says otherwise: one try per HTTP request, and
-#: 10 s at most (MLflow's defaults retry for minutes; the outbox does the retrying, away from the Tune loop);
-#: no "View run" link printed for every run it ends (tuner prints its own).
-CLIENT_SETTINGS = {
+#: MLflow's client, as tuner sets it unless the environment says otherwise: no "View run" link printed for
+#: every run it ends (tuner prints its own); with ``bounded``, one try per HTTP request and 10 s at most
+#: (MLflow's defaults retry for minutes; the outbox does the retrying, away from the Tune loop).
+QUIET_CLIENT = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+BOUNDED_REQUESTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(outbox.REQUEST_SECONDS)),
 }
 
 
@@ -197,13 +197,19 @@ class Tracker:
         name = spec.study.name
         # An earlier launch's records still waiting go first, where they were going (a resumed launch reads
         # them back from there).
-        sync(name, workdir=workdir, warn=self.warn, quiet=True)
+        _, waiting = sync(name, workdir=workdir, warn=self.warn, quiet=True)
         if parent_run_id is not None:
+            if waiting:  # resuming would record its trials again, beside what waits
+                raise TunerError(
+                    f"{waiting} MLflow records of study {name} wait in {workdir / OUTBOX}; send them first: "
+                    f"tuner sync {name} --workdir {workdir}"
+                )
             self._attach(parent_run_id)
         else:
             self._create(artifact_root)
         root = workdir / OUTBOX
-        self.outbox = outbox.Outbox(outbox.new_directory(root), {"study": name, "tracking_uri": uri})
+        about = {"study": name, "tracking_uri": uri, "parent_run_id": self.parent_run_id}
+        self.outbox = outbox.Outbox(outbox.new_directory(root), about)
         self.outbox.put({"op": "runs", "runs": {"parent": self.parent_run_id}})
         if parent_run_id is None:
             settings = {k: _text(v) for k, v in spec.settings().items()}
@@ -469,20 +475,8 @@ class _Sender:
             self.runs[record["key"]] = answer
 
     def __call__(self, record: dict[str, Any], sent_before: bool) -> Any:
-        import requests
-
-        try:
+        with _answering():
             answer = self._send(record, sent_before)
-        except MlflowException as exc:
-            if exc.get_http_status_code() < 500:
-                raise  # refused: the record is wrong, not the server away
-            raise outbox.Unreachable(_reason(exc)) from None
-        except requests.HTTPError as exc:
-            if exc.response is not None and exc.response.status_code < 500:
-                raise
-            raise outbox.Unreachable(_reason(exc)) from None
-        except (requests.RequestException, ConnectionError, TimeoutError) as exc:
-            raise outbox.Unreachable(_reason(exc)) from None
         self.learn(record, answer)
         return answer
 
@@ -526,10 +520,13 @@ class _Sender:
 
 
 @contextlib.contextmanager
-def client_settings() -> Iterator[None]:
-    """:data:`CLIENT_SETTINGS` in the environment (where it does not say otherwise), then as it was."""
-    saved = {key: os.environ.get(key) for key in CLIENT_SETTINGS}
-    for key, value in CLIENT_SETTINGS.items():
+def client_settings(*, bounded: bool = True) -> Iterator[None]:
+    """:data:`QUIET_CLIENT` (and, if ``bounded``, :data:`BOUNDED_REQUESTS`) in the environment, where it does
+    not say otherwise; then the environment as it was. The launch's own first requests (its experiment and
+    parent run, a resumed launch's records read back) keep MLflow's retries."""
+    settings = QUIET_CLIENT | (BOUNDED_REQUESTS if bounded else {})
+    saved = {key: os.environ.get(key) for key in settings}
+    for key, value in settings.items():
         os.environ.setdefault(key, value)
     try:
         yield
@@ -565,20 +562,72 @@ def sync(
     sent = waiting = 0
     for directory in outbox.outboxes(workdir / OUTBOX):
         about = outbox.header(directory)
-        if about.get("study") != study:
-            continue
+        if about is None or about.get("study") != study:
+            continue  # another study's, or one being made this moment
         uri = tracking_uri or about["tracking_uri"]
         sender = _Sender(MlflowClient(tracking_uri=uri), directory)
         try:
             with client_settings():
+                _check_holds(sender.client, uri, about)
                 sent += outbox.drain(directory, sender, sender.learn, warn)
+        except FileNotFoundError:
+            continue  # another process sent it meanwhile
         except outbox.Busy:
             waiting += outbox.waiting(directory)
-        except outbox.Unreachable as exc:
-            if not quiet:
+        except (outbox.Unreachable, TunerError) as exc:
+            if quiet:
+                waiting += outbox.waiting(directory)
+            elif isinstance(exc, TunerError):
+                raise
+            else:
                 raise TunerError(f"cannot reach the MLflow tracking server at {uri} ({exc})") from None
-            waiting += outbox.waiting(directory)
     return sent, waiting
+
+
+def _check_holds(client: MlflowClient, uri: str, about: dict[str, Any]) -> None:
+    """Raise unless the store at ``uri`` holds the parent run an outbox's records belong to: records sent to
+    another store would be refused, and a person should give the right address instead.
+
+    Raises:
+        outbox.Unreachable: the server does not answer.
+        TunerError: it answers, without the run.
+    """
+    parent = about.get("parent_run_id")
+    if not parent:
+        return
+    try:
+        with _answering():
+            client.get_run(parent)
+    except MlflowException:
+        raise TunerError(
+            f"{uri} does not hold run {parent}, which the waiting records belong to; give the tracking URI the "
+            f"launch used ({about['tracking_uri']})"
+        ) from None
+
+
+#: MLflow's error codes that mean a record itself is wrong: sending it again would fail again. Any other
+#: failure (no connection, a 5xx, 401 or 403 while credentials are wrong, a proxy's 404) keeps it waiting.
+REFUSED = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "INVALID_STATE",
+           "BAD_REQUEST", "MALFORMED_REQUEST"}  # fmt: skip
+
+
+@contextlib.contextmanager
+def _answering() -> Iterator[None]:
+    """MLflow failures as the outbox reads them: :class:`tuner.outbox.Unreachable` unless the record was refused."""
+    import requests
+
+    try:
+        yield
+    except MlflowException as exc:
+        if exc.error_code in REFUSED:
+            raise
+        raise outbox.Unreachable(_reason(exc)) from None
+    except requests.HTTPError as exc:  # from an artifact upload
+        if exc.response is not None and exc.response.status_code == 400:
+            raise
+        raise outbox.Unreachable(_reason(exc)) from None
+    except (requests.RequestException, ConnectionError, TimeoutError) as exc:
+        raise outbox.Unreachable(_reason(exc)) from None
 
 
 def _reason(exc: BaseException) -> str:
@@ -587,6 +636,7 @@ def _reason(exc: BaseException) -> str:
     for words, reason in (("Connection refused", "connection refused"), ("Connection aborted", "connection lost"),
                           ("Connection reset", "connection lost"), ("RemoteDisconnected", "connection lost"),
                           ("timed out", "timed out"), ("Timeout", "timed out"),
+                          ("too many 50", "server errors"),
                           ("Name or service not known", "unknown host")):  # fmt: skip
         if words in text:
             return reason
