@@ -211,14 +211,17 @@ def test_sigterm_while_a_launch_starts_is_a_clean_stop_too(tmp_path: Path, momen
         out, err = proc.communicate(timeout=120)
     finally:
         proc.kill()  # a launch that hangs must not outlive its test
-    assert (proc.returncode, err) == (143, "terminated\n")
-    assert not out.startswith("study ")  # it stopped before the launch was announced
-    if (tmp_path / "mlflow.db").exists():
-        client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-        assert "RUNNING" not in [r.info.status for r in runs]
-        assert moment == "ray starting" or [r.info.status for r in runs] == ["FAILED"]
-    assert not (tmp_path / OUTBOX).is_dir() or not list((tmp_path / OUTBOX).iterdir())
+    assert proc.returncode == 143, err
+    # Stopped at the first safe point: before the launch was announced, or (a signal that came a moment
+    # later) in Ray Tune's loop, at its first step.
+    stopped = "terminated: unfinished trials were recorded as failed; `tuner resume adam-digits` runs the ones"
+    assert (err == "terminated\n" and not out.startswith("study ")) or err.startswith(stopped), err
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert runs and "RUNNING" not in [r.info.status for r in runs]
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.status in {"FAILED", "KILLED"}  # failed before it began; killed, interrupted, after
+    assert not list((tmp_path / OUTBOX).iterdir())
 
 
 def test_a_storage_optuna_cannot_open_is_exit_1_and_one_line(tmp_path: Path) -> None:

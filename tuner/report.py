@@ -168,7 +168,8 @@ def _marker(optimizer: str) -> str:
 
 def plot_study(study: optuna.Study, out: Path) -> list[Path]:
     """Optuna's own charts of the study: ``optimization_history.png`` (best value so far against trial
-    number) and, once enough trials are complete, ``param_importances.png``. Returns the files written."""
+    number) once a trial is complete and, once enough are, ``param_importances.png``. Returns the files
+    written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -176,14 +177,16 @@ def plot_study(study: optuna.Study, out: Path) -> list[Path]:
     import optuna
     from optuna.visualization import matplotlib as charts
 
-    written = []
+    written: list[Path] = []
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:  # nothing to chart (Optuna would draw empty axes, and warn on stderr)
+        return written
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         charts.plot_optimization_history(study)
         plt.savefig(out / "optimization_history.png", dpi=110, bbox_inches="tight")
         plt.close("all")
         written.append(out / "optimization_history.png")
-        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         if len(complete) >= MIN_TRIALS_FOR_IMPORTANCE:
             try:
                 charts.plot_param_importances(study)
