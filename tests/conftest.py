@@ -25,6 +25,14 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[TIMINGS] = []
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # The deployment test's image builds from the session's start, beside the other tests (see its Build).
+    modules = (getattr(item, "module", None) for item in session.items)
+    deploy = next((m for m in modules if m is not None and m.__name__.endswith(".test_deploy")), None)
+    if deploy is not None:
+        deploy.start_early_build(session.config, session.items)
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     if config.stash.get(TIMINGS, []):
         terminalreporter.section("timings")

@@ -16,6 +16,8 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -167,30 +169,73 @@ def timing(request: pytest.FixtureRequest, line: str) -> None:
     request.config.stash[TIMINGS].append(line)
 
 
+class Build:
+    """The README's deploy steps up to the image: copy .env.example, fill in the secrets it names, build the
+    image (``docker compose build``). In a thread, started as the session starts (conftest's
+    ``pytest_collection_finish``), so that the build's minutes of downloads pass while other tests run."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.stack: Stack | None = None
+        self.error: BaseException | None = None
+        self.report = ""
+        self._thread = threading.Thread(target=self._run, name="deploy-build", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            # Its own image name: a deployment's tuner:cpu on the same engine is left alone.
+            settings = {name: secrets.token_hex(16) for name in example_secrets()} | {"TUNER_IMAGE": "tuner-test:cpu"}
+            settings.update(base_images())
+            text = (DOCKER / ".env.example").read_text()
+            for name, value in settings.items():
+                filled = f"\n{name}={value}\n"
+                text = text.replace(f"\n{name}=\n", filled) if f"\n{name}=\n" in text else f"{text}{filled[1:]}"
+            env_file = write(self.directory / ".env", text)
+            made = Stack(f"tuner-test-{secrets.token_hex(3)}", env_file, settings)
+            # Its layers, not its id, tell a rebuild from a reuse: compose labels the image with the project's name.
+            layers = ["docker", "image", "inspect", "-f", "{{json .RootFS.Layers}}", settings["TUNER_IMAGE"]]
+            old = subprocess.run(layers, capture_output=True, text=True)
+            started = time.monotonic()
+            made.compose("build", timeout=1800)
+            built = time.monotonic() - started
+            new = subprocess.run(layers, capture_output=True, text=True)
+            reused = "reused from the last build" if old.stdout == new.stdout else "built"
+            self.report = f"deploy: image {settings['TUNER_IMAGE']} {reused} in {built:.0f} s"
+            self.stack = made
+        except BaseException as exc:  # handed to the fixture, in the test's thread
+            self.error = exc
+
+    def result(self) -> tuple[Stack, float]:
+        """The stack, its image built; and how long the fixture waited for the build."""
+        started = time.monotonic()
+        self._thread.join(timeout=2400)
+        assert not self._thread.is_alive(), "the image's build did not end in 40 minutes"
+        if self.error is not None:
+            raise self.error
+        assert self.stack is not None
+        return self.stack, time.monotonic() - started
+
+
+#: The build started as the session starts, when the session runs a test of the stack.
+EARLY_BUILD = pytest.StashKey[Build]()
+
+
+def start_early_build(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Start the image's build now if a selected test needs the stack and a Docker engine answers."""
+    if any("stack" in getattr(item, "fixturenames", ()) for item in items) and docker_missing() is None:
+        config.stash[EARLY_BUILD] = Build(Path(tempfile.mkdtemp(prefix="tuner-deploy-")))
+
+
 @pytest.fixture(scope="module")
 def stack(docker: None, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Stack]:
-    """The README's deploy steps: copy .env.example, fill in the secrets it names, build the image, start the
-    stack with two workers (``up -d --build --wait --scale ray-worker=2``); down with its volumes at the end."""
-    directory = tmp_path_factory.mktemp("deploy")
-    # Its own image name: a deployment's tuner:cpu on the same engine is left alone.
-    settings = {name: secrets.token_hex(16) for name in example_secrets()} | {"TUNER_IMAGE": "tuner-test:cpu"}
-    settings.update(base_images())
-    text = (DOCKER / ".env.example").read_text()
-    for name, value in settings.items():
-        filled = f"\n{name}={value}\n"
-        text = text.replace(f"\n{name}=\n", filled) if f"\n{name}=\n" in text else f"{text}{filled[1:]}"
-    env_file = write(directory / ".env", text)
-    made = Stack(f"tuner-test-{secrets.token_hex(3)}", env_file, settings)
-    # Its layers, not its id, tell a rebuild from a reuse: compose labels the image with the project's name.
-    layers = ["docker", "image", "inspect", "-f", "{{json .RootFS.Layers}}", settings["TUNER_IMAGE"]]
-    old = subprocess.run(layers, capture_output=True, text=True)
+    """The README's deploy steps (:class:`Build`), then the stack started with two workers
+    (``up -d --build --wait --scale ray-worker=2``); down with its volumes at the end."""
+    build = request.config.stash.get(EARLY_BUILD, None) or Build(tmp_path_factory.mktemp("deploy"))
+    made, waited = build.result()
+    timing(request, f"{build.report} (started with the session; the tests waited {waited:.0f} s for it)")
+    settings, env_file = made.settings, made.env_file
     try:
-        started = time.monotonic()
-        made.compose("build", timeout=1800)
-        built = time.monotonic() - started
-        new = subprocess.run(layers, capture_output=True, text=True)
-        reused = "reused from the last build" if old.stdout == new.stdout else "built"
-        timing(request, f"deploy: image {settings['TUNER_IMAGE']} {reused} in {built:.0f} s")
         # Free ports, chosen now rather than before a build that may take minutes.
         ports = {k: str(free_port()) for k in PORTS}
         settings.update(ports)
@@ -202,6 +247,7 @@ def stack(docker: None, tmp_path_factory: pytest.TempPathFactory, request: pytes
         yield made
     finally:
         made.compose("down", "-v", "--remove-orphans", check=False, timeout=300)
+        shutil.rmtree(build.directory, ignore_errors=True)  # its env file holds the secrets
 
 
 SPEC = ROOT / "search_spaces" / "optimizers.yaml"
@@ -258,8 +304,10 @@ def test_the_ray_client_port_takes_only_clients_with_the_token(stack: Stack) -> 
     port = stack.settings["RAY_CLIENT_HOST_PORT"]
     code = f"import ray; ray.init('ray://127.0.0.1:{port}'); print(int(ray.cluster_resources()['CPU']))"
     env = stack._env()  # no RAY_AUTH_* at all
-    # Refused: the server drops the connection, which Ray's client reports, after 30 s of retries, as a timeout.
-    refused = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
+    # Refused: the server drops the connection, which Ray's client reports, after its retries, as a timeout
+    # (retries that start at 1 s rather than 5 s: about 7 s in all, not 30).
+    refusing = {**env, "RAY_CLIENT_INITIAL_CONNECTION_TIMEOUT_S": "1"}
+    refused = subprocess.run([sys.executable, "-c", code], env=refusing, capture_output=True, text=True, timeout=180)
     assert refused.returncode != 0 and "ConnectionError" in refused.stderr, refused.stderr[-2000:]
     # Taken with the token (so the refusal was the token's doing, not a closed port). Ray Client then also
     # wants the same Ray version here as in the image; a mismatch is reported only past authentication.
@@ -348,11 +396,12 @@ def test_the_stack_restarts_with_its_studies_and_runs(
     parent = next(r for r in client.search_runs([experiment]) if PARENT_TAG not in r.data.tags).info.run_id
     assert "loss_curves.png" in {a.path for a in client.list_artifacts(parent)}
 
-    _, _, summary = stack.submit(SPEC, *FIRST)  # the same spec again: more trials in the same Optuna study
+    # The same study again, smaller: more trials in the same Optuna study and MLflow experiment.
+    _, _, summary = stack.submit(SPEC, "--trials", "2", "--epochs", "1", "--name", "deploy-digits")
     trials = stack.optuna_trials("deploy-digits")
-    assert len(trials) == 12 and sorted(t["number"] for t in trials) == list(range(12))
+    assert len(trials) == 8 and sorted(t["number"] for t in trials) == list(range(8))
     runs = client.search_runs([experiment])
-    assert summary["mlflow"]["experiment_id"] == experiment and len(runs) == 14
+    assert summary["mlflow"]["experiment_id"] == experiment and len(runs) == 7 + 3
     assert len([r for r in runs if PARENT_TAG not in r.data.tags]) == 2
 
 

@@ -137,12 +137,13 @@ def test_a_crashed_launch_leaves_its_records_for_the_next_process(tmp_path: Path
 
 
 def test_outboxes_are_listed_oldest_first(tmp_path: Path) -> None:
-    made = []
-    for _ in range(3):
-        box = outbox.Outbox(outbox.new_directory(tmp_path), {"study": "s"})
-        made.append(box.directory)
-        box.close(patience=0)  # never started: its header waits
-    assert outbox.outboxes(tmp_path) == made
+    """Named oldest first, made on disk in a mixed order: neither a directory listing in the order of making
+    (or its reverse), nor one in hash order, gives the names' order by chance."""
+    names = [outbox.new_directory(tmp_path) for _ in range(8)]
+    assert names == sorted(names) and len(set(names)) == 8
+    for i in (3, 0, 6, 1, 7, 4, 2, 5):
+        outbox.Outbox(names[i], {"study": "s"}).close(patience=0)  # never started: its header waits
+    assert outbox.outboxes(tmp_path) == names
 
 
 def test_a_sending_thread_that_dies_is_noticed_at_the_end(tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from tuner import run_study
+from tuner import run_study, runner
 from tuner.optimizers import OPTIMIZERS
 from tuner.runner import QUIET_LOGGERS, RunOptions
 from tuner.spec import load_spec, parse_spec
@@ -153,7 +155,7 @@ def test_a_killed_driver_is_resumed_with_exactly_the_trials_it_asked_for(
 
     spec = write(
         tmp_path / "long.yaml",
-        "study: {name: kill, trials: 8, concurrency: 2}\ntraining: {epochs: 40}\npruning: {scheduler: none}\n"
+        "study: {name: kill, trials: 6, concurrency: 2}\ntraining: {epochs: 20}\npruning: {scheduler: none}\n"
         "optimizers:\n  adam: {learning_rate: {low: 1.0e-3, high: 1.0e-2, log: true}}\n",
     )
     workdir = tmp_path / "work"
@@ -164,7 +166,7 @@ def test_a_killed_driver_is_resumed_with_exactly_the_trials_it_asked_for(
     storage = f"sqlite:///{workdir / 'optuna.db'}"
 
     def checkpointed() -> bool:  # a later trial is running with a few epochs (and their checkpoints) behind it
-        if "[2/8]" not in (tmp_path / "launch.txt").read_text():
+        if "[2/6]" not in (tmp_path / "launch.txt").read_text():
             return False
         trials = optuna.load_study(study_name="kill", storage=storage).trials
         return any(t.state == TrialState.RUNNING and len(t.intermediate_values) >= 3 for t in trials)
@@ -186,24 +188,24 @@ def test_a_killed_driver_is_resumed_with_exactly_the_trials_it_asked_for(
     )
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    assert summary["trials"] == {"complete": 8, "pruned": 0, "failed": 0}
+    assert summary["trials"] == {"complete": 6, "pruned": 0, "failed": 0}
 
     trials = optuna.load_study(study_name="kill", storage=storage).trials
-    assert len(trials) == 8 and all(t.state == TrialState.COMPLETE for t in trials)
-    assert all(sorted(t.intermediate_values) == list(range(1, 41)) for t in trials)
+    assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert all(sorted(t.intermediate_values) == list(range(1, 21)) for t in trials)
     client = MlflowClient(summary["mlflow"]["tracking_uri"])
     runs = client.search_runs([summary["mlflow"]["experiment_id"]])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1 and parents[0].info.run_id == summary["mlflow"]["parent_run_id"]
-    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in children) == list(range(8))
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in children) == list(range(6))
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in children)
     assert {r.info.status for r in runs} == {"FINISHED"}
     resumed = [r for r in children if "resumed_from_epoch" in r.data.tags]
     assert resumed and all(int(r.data.tags["resumed_from_epoch"]) >= 1 for r in resumed)
     for run in children:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
-        assert sorted(steps) == list(range(1, 41))  # every epoch once: nothing lost, nothing twice
+        assert sorted(steps) == list(range(1, 21))  # every epoch once: nothing lost, nothing twice
     if where == "s3":  # both launches kept their checkpoints in the bucket, not in the work directory
         import boto3
 
@@ -254,3 +256,30 @@ def test_two_launches_at_once_into_a_fresh_workdir_both_succeed(tmp_path: Path) 
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert sorted(int(r.data.tags["optuna.trial_number"]) for r in children) == list(range(5))
     assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_a_sigterm_before_ray_tunes_handler_is_in_place_still_stops_the_launch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGTERM after connecting but before Ray Tune's loop has put in its own SIGINT handler (here sent the
+    moment the search is made) is only recorded; the stopper's stop_all then ends the loop at its first step,
+    and the launch reports itself terminated, with no trial left RUNNING and no run left open."""
+
+    class SignalledSearch(runner.StudySearch):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGTERM)  # handled in this (the main) thread, before the next line
+
+    monkeypatch.setattr(runner, "StudySearch", SignalledSearch)
+    spec = load_spec(ROOT / "search_spaces" / "adam.yaml").override(trials=6, epochs=5, concurrency=1)
+    result = run_study(spec, workdir=tmp_path)
+    assert result.interrupted and result.terminated
+    trials = load_trials(result)
+    assert len(trials) < 6 and TrialState.RUNNING not in {t.state for t in trials}
+    client = MlflowClient(result.mlflow["tracking_uri"])
+    runs = client.search_runs([result.mlflow["experiment_id"]])
+    assert runs and "RUNNING" not in {r.info.status for r in runs}
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert {int(r.data.tags["optuna.trial_number"]) for r in children} == {t.number for t in trials}
+    for run in children:  # a trial stopped before it started has a run like the others'
+        assert {"optimizer", "learning_rate", "epochs", "batch_size", "units"} <= set(run.data.params), run.data.params

@@ -31,6 +31,10 @@ class _Group(click.Group):
     adds the trace."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        # Before Ray is imported (it reads this once): no native SIGTERM handler in this process. Ray's core
+        # worker would put in absl's failure-signal handler as ray.init connects, and a SIGTERM then aborts the
+        # launch (exit 134, a stack dump) instead of stopping it cleanly (143).
+        os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
@@ -238,9 +242,12 @@ def sync(study: str, workdir: str, tracking_uri: str | None) -> None:
     """Send MLflow the records that launches of STUDY kept in the work directory while it did not answer."""
     from pathlib import Path
 
-    from tuner.tracking import sync as send
+    from tuner.sending import sync as send
 
     sent, waiting = send(study, workdir=Path(workdir).resolve(), tracking_uri=tracking_uri, warn=_warn)
+    if not sent and not waiting:  # all sent before, or a study that never ran here: say which place was read
+        click.echo(f"mlflow: no records of study {study} wait in {Path(workdir).resolve()}")
+        return
     click.echo(f"mlflow: sent {sent} record{'s' * (sent != 1)} of study {study}")
     if waiting:
         click.echo(

@@ -16,7 +16,6 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import optuna
 import ray
 from ray import tune
 
-from tuner import report, tracking
+from tuner import environ, report, sending, tracking
 from tuner.data import Dataset, load_dataset
 from tuner.errors import Terminated, TunerError, UsageError
 from tuner.pruning import make_scheduler
@@ -206,13 +205,13 @@ def _execute(spec: Spec, plan: _Plan, options: RunOptions) -> StudyResult:
     started = time.monotonic()
     stores = _locate(options)
     sampler = make_sampler(spec.study.sampler, spec.study.seed)
-    # SIGTERM stops a launch as Ctrl-C does, from the start (_init_ray keeps the handler ray.init replaces).
+    # SIGTERM stops a launch as Ctrl-C does, from the start (_RayThread keeps ray.init from replacing it).
     with _process_settings(options.verbose), _sigterm_as_ctrl_c() as received, contextlib.ExitStack() as stack:
         curves = Curves()  # every trial's curves, recorded by the search, read by the diagnosis and the records
         session = _connect(spec, plan, stores, options, curves, received)
         tracker = session.tracker
         try:
-            stack.enter_context(tracking.client_settings())  # from here on, only the outbox's thread sends
+            stack.enter_context(sending.client_settings())  # from here on, only the outbox's thread sends
             search = StudySearch(
                 spec,
                 storage=session.storage,
@@ -229,8 +228,8 @@ def _execute(spec: Spec, plan: _Plan, options: RunOptions) -> StudyResult:
             raise
         finally:
             try:  # the records are queued; the outbox's thread sends them while Ray stops
-                if session.own_ray:
-                    _stop_ray()
+                if session.ray is not None:
+                    session.ray.stop()
             finally:
                 unsent = tracker.close()
     runs = {"tracking_uri": stores.tracking_uri, "experiment_id": tracker.experiment_id}
@@ -270,9 +269,9 @@ class _Stores:
 
 @dataclass(frozen=True)
 class _Session:
-    """What a launch holds once connected: Ray (and whether this launch started it), the data, the stores."""
+    """What a launch holds once connected: Ray (when this launch started it), the data, the stores."""
 
-    own_ray: bool
+    ray: _RayThread | None
     dataset: Dataset
     storage: optuna.storages.BaseStorage
     tracker: tracking.Tracker
@@ -297,40 +296,89 @@ def _locate(options: RunOptions) -> _Stores:
 def _connect(
     spec: Spec, plan: _Plan, stores: _Stores, options: RunOptions, curves: Curves, signals: list[int]
 ) -> _Session:
-    """Start or reach Ray while this thread reads the data and opens the Optuna and MLflow stores (Ray's start
-    is seconds of waiting on its processes). ``signals``: the SIGTERMs received, which stop the launch here."""
-    own_ray = not ray.is_initialized()
-    in_job = bool(os.environ.get(JOB_CONFIG_VARIABLE))
-    preparing: Future[tuple[Dataset, optuna.storages.BaseStorage, tracking.Tracker]] | None = None
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    """Start or reach Ray (from a thread of its own, :class:`_RayThread`) while this thread reads the data and
+    opens the Optuna and MLflow stores: Ray's start is seconds of waiting on its processes. ``signals``: the
+    SIGTERMs received, which stop the launch here."""
+    cwd = os.getcwd()
+    ray_thread = None if ray.is_initialized() else _RayThread(options.address, options.verbose)
+    prepared: tuple[Dataset, optuna.storages.BaseStorage, tracking.Tracker] | None = None
+    try:
+        if ray_thread is not None and os.environ.get(JOB_CONFIG_VARIABLE):
+            # In a Ray job (tuner submit), connecting unpacks the job's working directory afresh: the
+            # process's current directory is replaced under it. Connect first, then step back in.
+            ray_thread.started()
+            _reclaim_sigterm()
+            os.chdir(cwd)
+        prepared = _prepare(spec, stores, options.warn, plan.parent_run_id, curves)
+        if ray_thread is not None:
+            ray_thread.started()
+            _reclaim_sigterm()
+        if signals:
+            raise Terminated
+    except BaseException:
+        if ray_thread is not None:
+            ray_thread.stop()
+        if prepared is not None:  # the records it opened end FAILED
+            tracker = prepared[2]
+            tracker.fail()
+            tracker.close(patience=5.0)
+        raise
+    return _Session(ray_thread, *prepared, signals)
+
+
+def _reclaim_sigterm() -> None:
+    """Put the launch's SIGTERM handler back in place, in the main thread: Ray's core worker, made as ray.init
+    connects, puts in a native one (absl's failure-signal handler, which aborts the process) unless
+    ``RAY_DISABLE_FAILURE_SIGNAL_HANDLER`` was set when Ray was imported (the CLI sets it)."""
+    handler = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is threading.main_thread() and handler is not None:
+        signal.signal(signal.SIGTERM, handler)
+
+
+class _RayThread:
+    """Ray, started by a thread of its own that then waits until Ray stops.
+
+    Not by the main thread: there ``ray.init`` puts in a SIGTERM handler that raises ``SystemExit`` wherever
+    the thread is, a held lock included, so a launch stopped while Ray started could hang; a launch's SIGTERM
+    is a clean stop (:func:`_sigterm_as_ctrl_c`). Not by a pool's thread either: Ray's node processes die with
+    the thread that started them (``PR_SET_PDEATHSIG``), so this one lives until Ray has stopped.
+    """
+
+    def __init__(self, address: str | None, verbose: bool) -> None:
+        self._ready = threading.Event()
+        self._release = threading.Event()
+        self._error: BaseException | None = None
+        thread = threading.Thread(target=self._run, args=(address, verbose), name="tuner-ray", daemon=True)
+        thread.start()
+
+    def _run(self, address: str | None, verbose: bool) -> None:
         try:
-            if in_job and own_ray:
-                # In a Ray job (tuner submit), connecting unpacks the job's working directory afresh: the
-                # process's current directory is replaced under it. Connect first, then step back in.
-                cwd = os.getcwd()
-                _init_ray(options.address, options.verbose)
-                os.chdir(cwd)
-            preparing = pool.submit(_prepare, spec, stores, options.warn, plan.parent_run_id, curves)
-            if own_ray and not in_job:
-                # Here, not in the pool's thread: Ray's node processes die with the thread that started them.
-                _init_ray(options.address, options.verbose)
-            prepared = preparing.result()
-            if signals:
-                raise Terminated
-        except BaseException:
-            if own_ray:
-                ray.shutdown()
-            if preparing is not None:  # close the records it opens, if it does
-                preparing.add_done_callback(_close_records)
-            raise
-    return _Session(own_ray, *prepared, signals)
+            _init_ray(address, verbose)
+        except BaseException as exc:  # handed to the thread that waits for Ray
+            self._error = exc
+            return
+        finally:
+            self._ready.set()
+        self._release.wait()
 
+    def started(self) -> None:
+        """Wait until Ray has started.
 
-def _close_records(preparing: Future[tuple[Dataset, optuna.storages.BaseStorage, tracking.Tracker]]) -> None:
-    if not preparing.cancelled() and preparing.exception() is None:
-        tracker = preparing.result()[2]
-        tracker.fail()
-        tracker.close(patience=5.0)
+        Raises:
+            TunerError: Ray could not be started or reached.
+        """
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    def stop(self) -> None:
+        """Stop Ray from the calling thread (:func:`_stop_ray`), once it has started; then let the thread end."""
+        try:
+            self._ready.wait()
+            if self._error is None:
+                _stop_ray()
+        finally:
+            self._release.set()
 
 
 def _prepare(
@@ -425,7 +473,7 @@ def _finish(
         except Exception as exc:  # the study itself is complete in Optuna and in MLflow's runs
             if warn is not None:
                 warn(f"could not write the study's plots and tables: {type(exc).__name__}: {exc}")
-        return tracker.finish(result, search.outcomes, Path(files))
+        return tracker.finish(result, search.outcomes, Path(files), configs=search.configs)
 
 
 def _record_launch(
@@ -516,7 +564,7 @@ def _fit(
     finally:
         # Ctrl-C ends Tune's loop with trials still running; Optuna hears of each one.
         left = search.close("interrupted before it finished")
-    return interrupted or bool(left)
+    return interrupted or bool(left) or bool(signals)  # signals: the stopper may end the loop before any trial
 
 
 def _trial_name(trial: Any) -> str:
@@ -575,17 +623,8 @@ def _buffered_results(allowed: bool) -> Iterator[None]:
     if not allowed:
         yield
         return
-    settings = {"TUNE_RESULT_BUFFER_LENGTH": "1000", "TUNE_RESULT_BUFFER_MIN_TIME_S": "0.5"}
-    saved = {k: os.environ.get(k) for k in settings}
-    os.environ.update(settings)
-    try:
+    with environ.setting({"TUNE_RESULT_BUFFER_LENGTH": "1000", "TUNE_RESULT_BUFFER_MIN_TIME_S": "0.5"}):
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 #: Loggers a launch quiets (unless verbose), restored afterwards.
@@ -626,12 +665,11 @@ def _sigterm_as_ctrl_c() -> Iterator[list[int]]:
 @contextlib.contextmanager
 def _process_settings(verbose: bool) -> Iterator[None]:
     """The settings a launch needs in this process, for as long as it runs; then the process as it was found
-    (environment variables, logger levels, warning filters, Optuna's verbosity, the SIGTERM handler, which
-    ``ray.init`` replaces), for the program that called.
+    (environment variables, logger levels, warning filters, Optuna's verbosity), for the program that called.
 
     - Ray Tune's per-result file loggers (JSON, CSV, TensorBoard) repeat what Optuna and MLflow record and
       cost the driver more per epoch than a small trial's training; they are off.
-    - MLflow's client prints no "View run" links (:data:`tracking.QUIET_CLIENT`).
+    - MLflow's client prints no "View run" links (:data:`sending.QUIET_CLIENT`).
     - Unless ``verbose``: Tune's newer console output prints its configuration box whatever the verbosity
       (the classic reporter honours verbose=0); a failed trial's error is printed once, by tuner, as one
       line; Ray's, MLflow's and Optuna's loggers and warnings keep quiet.
@@ -639,10 +677,8 @@ def _process_settings(verbose: bool) -> Iterator[None]:
     environ = dict(os.environ)
     levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
     verbosity = optuna.logging.get_verbosity()
-    main = threading.current_thread() is threading.main_thread()
-    sigterm = signal.getsignal(signal.SIGTERM) if main else None
     try:
-        with warnings.catch_warnings(), tracking.client_settings(bounded=False):
+        with warnings.catch_warnings(), sending.client_settings(bounded=False):
             os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
             optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
             if not verbose:
@@ -660,8 +696,6 @@ def _process_settings(verbose: bool) -> Iterator[None]:
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
         optuna.logging.set_verbosity(verbosity)
-        if sigterm is not None:
-            signal.signal(signal.SIGTERM, sigterm)
 
 
 def _init_ray(address: str | None, verbose: bool) -> None:
@@ -676,20 +710,11 @@ def _init_ray(address: str | None, verbose: bool) -> None:
         kwargs["runtime_env"] = {"env_vars": dict(env)}
     if not (address or os.environ.get("RAY_ADDRESS")):
         kwargs["include_dashboard"] = False
-    main = threading.current_thread() is threading.main_thread()
-    sigterm = signal.getsignal(signal.SIGTERM) if main else None
     try:
         ray.init(address=address, **kwargs)
-    except SystemExit as exc:  # a SIGTERM while Ray starts, as the handler ray.init puts in reports it
-        if sigterm is None or exc.code != signal.SIGTERM:
-            raise
-        raise Terminated from None
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = address or os.environ.get("RAY_ADDRESS") or "a local Ray"
         raise TunerError(f"cannot start or reach Ray at {where}: {str(exc).splitlines()[0]}") from None
-    finally:
-        if sigterm is not None:  # ray.init puts in a SIGTERM handler that exits at once; keep the launch's
-            signal.signal(signal.SIGTERM, sigterm)
 
 
 def _default_concurrency(spec: Spec) -> int:

@@ -226,6 +226,8 @@ class StudySearch(Searcher):
         # with the others at the same epoch.
         self._best_at: dict[int, float] = {}
         self.outcomes: dict[str, TrialOutcome] = {}
+        #: Ray Tune trial id -> the configuration it was given (a trial stopped before it started has no other).
+        self.configs: dict[str, dict[str, Any]] = {}
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         # The spec sets the metric and mode; Ray Tune's own (TuneConfig) are not used.
@@ -256,6 +258,7 @@ class StudySearch(Searcher):
         config = self._space(trial)  # an adopted trial's own values: Optuna returns those it drew
         if resume_from:
             config["resume_from"] = resume_from
+        self.configs[trial_id] = config
         return config
 
     def _optuna_id(self, number: int) -> int:

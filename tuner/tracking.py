@@ -1,7 +1,8 @@
-"""The only module that imports MLflow: one parent run per launch, a nested run per trial, batched metrics.
+"""The MLflow records of a launch: one parent run per launch, a nested run per trial, batched metrics.
 
 Tracking happens on the driver, in a Ray Tune callback fed by the trials' results; workers never talk to
-MLflow, so nothing changes when the trials run on a cluster.
+MLflow, so nothing changes when the trials run on a cluster. The records go through an outbox;
+:mod:`tuner.sending` makes them MLflow calls.
 """
 
 from __future__ import annotations
@@ -11,18 +12,17 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from tuner import outbox
+from tuner import outbox, sending
 from tuner.errors import TunerError
 from tuner.results import CURVE_METRICS, Curve, Curves, StudyResult, TrialOutcome
 from tuner.trainable import MODEL_FILE
@@ -33,16 +33,13 @@ if TYPE_CHECKING:
     from tuner.spec import Spec
 
 __all__ = [
-    "OUTBOX",
     "Tracker",
     "TrackingCallback",
     "check_reachable",
-    "client_settings",
     "experiment_url",
     "resolve_tracking_uri",
     "serve_ui",
     "study_experiments",
-    "sync",
     "ui_url",
 ]
 
@@ -56,18 +53,8 @@ STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
 #: Tags MLflow's UI reads: nesting, and the experiment's view (runs table, not the GenAI traces view).
 PARENT_TAG = "mlflow.parentRunId"
 KIND_TAG = "mlflow.experimentKind"
-#: Where in the work directory a launch keeps its records until MLflow has them (see :mod:`tuner.outbox`).
-OUTBOX = Path(".tuner") / "outbox"
 #: The end of a launch waits this long for MLflow to take its records, once none goes through.
 PATIENCE_SECONDS = 30.0
-#: MLflow's client, as tuner sets it unless the environment says otherwise: no "View run" link printed for
-#: every run it ends (tuner prints its own); with ``bounded``, one try per HTTP request and 10 s at most
-#: (MLflow's defaults retry for minutes; the outbox does the retrying, away from the Tune loop).
-QUIET_CLIENT = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
-BOUNDED_REQUESTS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(outbox.REQUEST_SECONDS)),
-}
 
 
 def resolve_tracking_uri(uri: str | None, workdir: Path) -> str:
@@ -197,17 +184,17 @@ class Tracker:
         name = spec.study.name
         # An earlier launch's records still waiting go first, where they were going (a resumed launch reads
         # them back from there).
-        _, waiting = sync(name, workdir=workdir, warn=self.warn, quiet=True)
+        _, waiting = sending.sync(name, workdir=workdir, warn=self.warn, quiet=True)
         if parent_run_id is not None:
             if waiting:  # resuming would record its trials again, beside what waits
                 raise TunerError(
-                    f"{waiting} MLflow records of study {name} wait in {workdir / OUTBOX}; send them first: "
+                    f"{waiting} MLflow records of study {name} wait in {workdir / sending.OUTBOX}; send them first: "
                     f"tuner sync {name} --workdir {workdir}"
                 )
             self._attach(parent_run_id)
         else:
             self._create(artifact_root)
-        root = workdir / OUTBOX
+        root = workdir / sending.OUTBOX
         about = {"study": name, "tracking_uri": uri, "parent_run_id": self.parent_run_id}
         self.outbox = outbox.Outbox(outbox.new_directory(root), about)
         self.outbox.put({"op": "runs", "runs": {"parent": self.parent_run_id}})
@@ -221,7 +208,9 @@ class Tracker:
                     path = Path(directory) / "spec.yaml"
                     path.write_text(yaml.safe_dump(spec.to_doc(), sort_keys=False), encoding="utf-8")
                     self._put_artifact("parent", path)
-        self.outbox.start(_Sender(self.client, self.outbox.directory), self.warn, f"the tracking server at {uri}")
+        self.outbox.start(
+            sending.Sender(self.client, self.outbox.directory), self.warn, f"the tracking server at {uri}"
+        )
 
     def _create(self, artifact_root: Path | None) -> None:
         name = self.spec.study.name
@@ -257,7 +246,7 @@ class Tracker:
         )
         for run in children:
             number = int(run.data.tags["optuna.trial_number"])
-            record = _TrialRecord(_RUN + run.info.run_id, number, run.data.params.get("optimizer", ""))
+            record = _TrialRecord(sending.RUN + run.info.run_id, number, run.data.params.get("optimizer", ""))
             for key in CURVE_METRICS:
                 for point in self.client.get_metric_history(run.info.run_id, key):
                     self.curve_store.record(number, {"epoch": point.step, key: point.value})
@@ -286,10 +275,7 @@ class Tracker:
             self.trials[trial_id] = self._by_number[number]
             self._put_batch(self.trials[trial_id].key, tags=[("ray.trial_id", trial_id)])
             return
-        optimizer = str(config["optimizer"])
-        params = {"optimizer": optimizer, **config.get(optimizer, {})}
-        params.update({k: config[k] for k in ("layers", "units", "activation", "dropout", "batch_size", "epochs")})
-        self._open(trial_id, number, params, config["seed"])
+        self._open(trial_id, number, _run_params(config), config["seed"])
 
     def _open(self, trial_id: str, number: int, params: dict[str, Any], seed: Any) -> None:
         optimizer = str(params.get("optimizer", ""))
@@ -388,18 +374,27 @@ class Tracker:
     # -- the end of the launch
 
     def finish(
-        self, result: StudyResult, outcomes: Mapping[str, TrialOutcome], files: Path | None = None
+        self,
+        result: StudyResult,
+        outcomes: Mapping[str, TrialOutcome],
+        files: Path | None = None,
+        *,
+        configs: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> str | None:
         """Close what is still open, then put the study's summary and the ``files`` (a directory: the plots
-        and tables :mod:`tuner.report` wrote) on the parent run. ``outcomes``: each Ray Tune trial's end.
+        and tables :mod:`tuner.report` wrote) on the parent run. ``outcomes``: each Ray Tune trial's end;
+        ``configs``: each one's configuration, as the search gave it.
         The records wait in the outbox: :meth:`close` sends them.
 
         Returns the best model's URI, if one was logged.
         """
         for trial_id, outcome in outcomes.items():
             if trial_id not in self.trials and outcome.number not in self._by_number:
-                # Proposed, but stopped (Ctrl-C) before it started: Optuna holds it, so MLflow does too.
-                self._open(trial_id, outcome.number, outcome.params, outcome.seed)
+                # Proposed, but stopped (Ctrl-C) before it started: Optuna holds it, so MLflow does too, with
+                # the params a started trial's run has.
+                config = configs.get(trial_id) if configs else None
+                params = _run_params(config) if config else dict(outcome.params)
+                self._open(trial_id, outcome.number, params, outcome.seed)
             self.end_trial(trial_id, outcome)
         for trial_id, record in self.trials.items():  # no outcome: Optuna never heard of its end
             if trial_id not in self._ended:
@@ -456,193 +451,6 @@ class Tracker:
         return curves
 
 
-#: A record's run named by its MLflow id, rather than by a key the outbox maps to one.
-_RUN = "run:"
-
-
-class _Sender:
-    """Sends an outbox's records to MLflow, in order (see :mod:`tuner.outbox`): one MLflow call each."""
-
-    def __init__(self, client: MlflowClient, directory: Path) -> None:
-        self.client, self.directory = client, directory
-        self.runs: dict[str, str] = {}
-
-    def learn(self, record: dict[str, Any], answer: Any) -> None:
-        """Note the runs a record named or made (``answer``: what sending it returned)."""
-        if record.get("op") == "runs":
-            self.runs.update(record["runs"])
-        elif record.get("op") == "create_run" and isinstance(answer, str):
-            self.runs[record["key"]] = answer
-
-    def __call__(self, record: dict[str, Any], sent_before: bool) -> Any:
-        with _answering():
-            answer = self._send(record, sent_before)
-        self.learn(record, answer)
-        return answer
-
-    def _send(self, record: dict[str, Any], sent_before: bool) -> Any:
-        op = record["op"]
-        if op == "runs":
-            return None
-        if op == "create_run":
-            if sent_before:  # an earlier try may have made it: the server, not the answer, was lost
-                where = " and ".join(f"tags.`{k}` = '{record['tags'][k]}'" for k in record["match"])
-                found = self.client.search_runs([record["experiment_id"]], where, max_results=1)
-                if found:
-                    return found[0].info.run_id
-            tags, name = record["tags"], record["run_name"]
-            run = self.client.create_run(record["experiment_id"], record["start_time"], tags, name)
-            return run.info.run_id
-        run_id = self._run_id(record["run"])
-        if op == "log_batch":
-            metrics = [Metric(k, v, stamp, step) for k, v, stamp, step in record.get("metrics", ())]
-            params = [Param(k, v) for k, v in record.get("params", {}).items()]
-            tags = [RunTag(k, v) for k, v in record.get("tags", {}).items()]
-            self.client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
-        elif op == "set_terminated":
-            self.client.set_terminated(run_id, record["status"], record["end_time"])
-        elif op == "log_artifact":
-            path = self.directory / record["path"]
-            if path.is_dir():
-                self.client.log_artifacts(run_id, str(path), record["artifact_path"])
-            else:
-                self.client.log_artifact(run_id, str(path), record["artifact_path"])
-        else:
-            raise ValueError(f"unknown record {op!r}")
-        return None
-
-    def _run_id(self, run: str) -> str:
-        if run.startswith(_RUN):
-            return run[len(_RUN) :]
-        if run not in self.runs:
-            raise LookupError(f"the run {run!r} was never made")
-        return self.runs[run]
-
-
-@contextlib.contextmanager
-def client_settings(*, bounded: bool = True) -> Iterator[None]:
-    """:data:`QUIET_CLIENT` (and, if ``bounded``, :data:`BOUNDED_REQUESTS`) in the environment, where it does
-    not say otherwise; then the environment as it was. The launch's own first requests (its experiment and
-    parent run, a resumed launch's records read back) keep MLflow's retries."""
-    settings = QUIET_CLIENT | (BOUNDED_REQUESTS if bounded else {})
-    saved = {key: os.environ.get(key) for key in settings}
-    for key, value in settings.items():
-        os.environ.setdefault(key, value)
-    try:
-        yield
-    finally:
-        for key, was in saved.items():
-            if was is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = was
-
-
-def sync(
-    study: str,
-    *,
-    workdir: Path,
-    tracking_uri: str | None = None,
-    warn: Callable[[str], None] | None = None,
-    quiet: bool = False,
-) -> tuple[int, int]:
-    """Send what launches of ``study`` kept in ``workdir`` while MLflow was unreachable, oldest first.
-
-    Args:
-        tracking_uri: where to send them; default, where each launch was sending them.
-        quiet: an unreachable server or a launch still running leaves its records waiting without an error.
-
-    Returns:
-        ``(sent, waiting)``: records sent now, and records still waiting (a running launch's).
-
-    Raises:
-        TunerError: the server does not answer (unless ``quiet``).
-    """
-    warn = warn or (lambda text: None)
-    sent = waiting = 0
-    for directory in outbox.outboxes(workdir / OUTBOX):
-        about = outbox.header(directory)
-        if about is None or about.get("study") != study:
-            continue  # another study's, or one being made this moment
-        uri = tracking_uri or about["tracking_uri"]
-        sender = _Sender(MlflowClient(tracking_uri=uri), directory)
-        try:
-            with client_settings():
-                _check_holds(sender.client, uri, about)
-                sent += outbox.drain(directory, sender, sender.learn, warn)
-        except FileNotFoundError:
-            continue  # another process sent it meanwhile
-        except outbox.Busy:
-            waiting += outbox.waiting(directory)
-        except (outbox.Unreachable, TunerError) as exc:
-            if quiet:
-                waiting += outbox.waiting(directory)
-            elif isinstance(exc, TunerError):
-                raise
-            else:
-                raise TunerError(f"cannot reach the MLflow tracking server at {uri} ({exc})") from None
-    return sent, waiting
-
-
-def _check_holds(client: MlflowClient, uri: str, about: dict[str, Any]) -> None:
-    """Raise unless the store at ``uri`` holds the parent run an outbox's records belong to: records sent to
-    another store would be refused, and a person should give the right address instead.
-
-    Raises:
-        outbox.Unreachable: the server does not answer.
-        TunerError: it answers, without the run.
-    """
-    parent = about.get("parent_run_id")
-    if not parent:
-        return
-    try:
-        with _answering():
-            client.get_run(parent)
-    except MlflowException:
-        raise TunerError(
-            f"{uri} does not hold run {parent}, which the waiting records belong to; give the tracking URI the "
-            f"launch used ({about['tracking_uri']})"
-        ) from None
-
-
-#: MLflow's error codes that mean a record itself is wrong: sending it again would fail again. Any other
-#: failure (no connection, a 5xx, 401 or 403 while credentials are wrong, a proxy's 404) keeps it waiting.
-REFUSED = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "INVALID_STATE",
-           "BAD_REQUEST", "MALFORMED_REQUEST"}  # fmt: skip
-
-
-@contextlib.contextmanager
-def _answering() -> Iterator[None]:
-    """MLflow failures as the outbox reads them: :class:`tuner.outbox.Unreachable` unless the record was refused."""
-    import requests
-
-    try:
-        yield
-    except MlflowException as exc:
-        if exc.error_code in REFUSED:
-            raise
-        raise outbox.Unreachable(_reason(exc)) from None
-    except requests.HTTPError as exc:  # from an artifact upload
-        if exc.response is not None and exc.response.status_code == 400:
-            raise
-        raise outbox.Unreachable(_reason(exc)) from None
-    except (requests.RequestException, ConnectionError, TimeoutError) as exc:
-        raise outbox.Unreachable(_reason(exc)) from None
-
-
-def _reason(exc: BaseException) -> str:
-    """Why a request failed, in a few words (MLflow's messages quote the whole URL and the retry policy)."""
-    text = str(exc)
-    for words, reason in (("Connection refused", "connection refused"), ("Connection aborted", "connection lost"),
-                          ("Connection reset", "connection lost"), ("RemoteDisconnected", "connection lost"),
-                          ("timed out", "timed out"), ("Timeout", "timed out"),
-                          ("too many 50", "server errors"),
-                          ("Name or service not known", "unknown host")):  # fmt: skip
-        if words in text:
-            return reason
-    return f"{type(exc).__name__}: {_first_line(exc)[:120]}"
-
-
 def _now() -> int:
     return int(time.time() * 1000)
 
@@ -672,7 +480,7 @@ class TrackingCallback(tune.Callback):
             except Exception as exc:
                 trial = kwargs.get("trial")
                 what = f"trial {trial.config.get('trial_number')}" if trial is not None else "a trial"
-                self._tracker.warn(f"mlflow: could not record {what}: {type(exc).__name__}: {_first_line(exc)}")
+                self._tracker.warn(f"mlflow: could not record {what}: {type(exc).__name__}: {sending.first_line(exc)}")
 
         return call
 
@@ -699,6 +507,15 @@ class TrackingCallback(tune.Callback):
             self._tracker.end_trial(trial.trial_id, outcome)
 
 
+def _run_params(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial run's params, from its configuration (:class:`tuner.space.SearchSpace`): the optimizer, its
+    hyperparameters by their plain names, and the network's and training's values."""
+    optimizer = str(config["optimizer"])
+    params = {"optimizer": optimizer, **config.get(optimizer, {})}
+    params.update({k: config[k] for k in ("layers", "units", "activation", "dropout", "batch_size", "epochs")})
+    return params
+
+
 def _placement_tags(record: _TrialRecord) -> list[tuple[str, str]]:
     """Tags saying where a trial trains (its Ray node and worker process) and the epoch it resumed from, if
     they changed since last logged. They ride with the metrics, so that a running trial's run shows where it
@@ -712,11 +529,6 @@ def _placement_tags(record: _TrialRecord) -> list[tuple[str, str]]:
     if record.resumed_from is not None:
         tags.append(("resumed_from_epoch", str(record.resumed_from)))
     return tags
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
 
 
 def _text(value: Any) -> str:
