@@ -153,7 +153,8 @@ def test_a_trial_whose_node_dies_resumes_elsewhere_from_its_checkpoint(cluster: 
     doomed = cluster.add_worker()
     spec = write(
         tmp_path / "slow.yaml",
-        "study: {name: nodeloss, trials: 3, concurrency: 3}\ntraining: {epochs: 150}\npruning: {scheduler: none}\n"
+        "study: {name: nodeloss, trials: 3, concurrency: 3}\ntraining: {epochs: 150, checkpoint_every: 1}\n"
+        "pruning: {scheduler: none}\n"
         "optimizers:\n  adam: {learning_rate: {low: 1.0e-3, high: 3.0e-3}}\n",
     )
     out = tmp_path / "out.txt"

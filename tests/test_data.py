@@ -310,11 +310,11 @@ def test_a_row_longer_than_pyarrows_block_is_read_by_the_csv_module(tmp_path: Pa
 
 
 def test_validation_and_training_read_the_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tuner import data as datamod
+    from tuner import datafiles
 
     reads: list[Path] = []
-    read_csv = datamod._read_csv
-    monkeypatch.setattr(datamod, "_read_csv", lambda path, target: reads.append(path) or read_csv(path, target))
+    read_csv = datafiles._read_csv
+    monkeypatch.setattr(datafiles, "_read_csv", lambda path, target: reads.append(path) or read_csv(path, target))
     path = write(tmp_path / "d.csv", "a,b,y\n" + ROWS)
     spec = load_spec(write(tmp_path / "s.yaml", "data: {dataset: 'csv:d.csv', target: y}\noptimizers: {adam: {}}\n"))
     load_dataset(spec.data, seed=0)

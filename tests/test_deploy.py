@@ -325,7 +325,8 @@ def test_a_killed_worker_container_loses_no_trial(
     epochs = 60
     spec = write(
         tmp_path / "long.yaml",
-        f"study: {{name: deploy-workerloss, trials: 4}}\ntraining: {{epochs: {epochs}}}\npruning: {{scheduler: none}}\n"
+        f"study: {{name: deploy-workerloss, trials: 4}}\ntraining: {{epochs: {epochs}, checkpoint_every: 1}}\n"
+        "pruning: {scheduler: none}\n"
         "optimizers:\n  adam: {learning_rate: {low: 1.0e-3, high: 3.0e-3}}\n",
     )
     done = stack.tuner("submit", str(spec), "--address", stack.dashboard)

@@ -53,6 +53,10 @@ def test_optimizers_study_runs_and_optuna_holds_every_trial(tmp_path: Path) -> N
     children = client.search_runs([result.mlflow["experiment_id"]], "tags.`mlflow.parentRunId` != ''")
     pids = {run.data.tags["ray.pid"] for run in children}
     assert len(children) == 6 and 1 <= len(pids) <= 2
+    # Checkpoints come by time (every 10 s of training): trials this short write one each, at their end.
+    # Ray Tune numbers a trial's checkpoints from 0, so the last one's name counts them.
+    checkpoints = sorted(p.name for p in tmp_path.glob("ray_results/*/trial-*/checkpoint_*"))
+    assert checkpoints == ["checkpoint_000000"] * 6
 
 
 def test_a_trial_that_raises_is_failed_and_the_study_goes_on(tmp_path: Path) -> None:
@@ -155,7 +159,8 @@ def test_a_killed_driver_is_resumed_with_exactly_the_trials_it_asked_for(
 
     spec = write(
         tmp_path / "long.yaml",
-        "study: {name: kill, trials: 6, concurrency: 2}\ntraining: {epochs: 20}\npruning: {scheduler: none}\n"
+        "study: {name: kill, trials: 6, concurrency: 2}\ntraining: {epochs: 20, checkpoint_every: 1}\n"
+        "pruning: {scheduler: none}\n"
         "optimizers:\n  adam: {learning_rate: {low: 1.0e-3, high: 1.0e-2, log: true}}\n",
     )
     workdir = tmp_path / "work"

@@ -47,7 +47,12 @@ class SearchSpace:
         model = {key: _draw(trial, key, value) for key, value in spec.model_values()}
         seed = trial_seed(spec.study.seed, trial.number)
         trial.set_user_attr("seed", seed)
-        training = {"epochs": spec.training.epochs, "checkpoint_every": spec.training.checkpoint_every}
+        t = spec.training
+        training = {
+            "epochs": t.epochs,
+            "checkpoint_every": t.checkpoint_every,
+            "checkpoint_interval_s": t.checkpoint_interval_s,
+        }
         return {
             "optimizer": optimizer,
             optimizer: params,

@@ -476,7 +476,10 @@ class Training(_Section):
     label: ClassVar[str] = "training"
     epochs: Annotated[_AtLeast1, BeforeValidator(_budget)] = 20  # type: ignore[valid-type]
     batch_size: _value(int, _bounded(int, Bounds(1))) = 64  # type: ignore[valid-type]
-    checkpoint_every: _AtLeast1 = 1  # type: ignore[valid-type]
+    # A trial checkpoints once checkpoint_interval_s seconds of training have passed since its last checkpoint
+    # (a crash costs at most that much), or every checkpoint_every epochs when that is given; always at the end.
+    checkpoint_every: _AtLeast1 | None = None  # type: ignore[valid-type]
+    checkpoint_interval_s: _within(float, Bounds(0.0, low_open=True)) = 10.0  # type: ignore[valid-type]
 
 
 # -- optimizers: one model per registered optimizer, its keys and bounds read from the registry

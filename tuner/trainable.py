@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import ray
@@ -40,17 +42,17 @@ def train_trial(config: dict[str, Any], data: Dataset, *, threads: int = 1, prun
     model.configure_threads(threads)
     model.use_gpu_memory_growth()
     epochs = int(config["epochs"])
-    every = int(config.get("checkpoint_every", 1))
+    due = _checkpoint_rule(config.get("checkpoint_every"), float(config.get("checkpoint_interval_s", 10.0)))
     node = ray.get_runtime_context().get_node_id()  # which Ray node trained it, for the record
 
     def report(metrics: dict[str, Any], snapshot: engine.Snapshot) -> None:
         metrics = {**metrics, "node_id": node}
         epoch = metrics["epoch"]
-        if STOP_REASON in metrics or (epoch % every and epoch < epochs):  # nothing to resume, or not yet
+        if STOP_REASON in metrics or not (epoch == epochs or due(epoch)):  # nothing to resume, or not yet
             tune.report(metrics)
             return
-        # Every `checkpoint_every` epochs (default: each) leaves a checkpoint to resume from, on a new node
-        # after a failure or after `tuner resume`; the last also holds the network the driver logs if best.
+        # A checkpoint to resume from, on a new node after a failure or after `tuner resume`; the last also
+        # holds the network the driver logs if best.
         with tempfile.TemporaryDirectory() as directory:
             snapshot.write(directory)
             if epoch == epochs:
@@ -65,3 +67,28 @@ def train_trial(config: dict[str, Any], data: Dataset, *, threads: int = 1, prun
         start = tune.Checkpoint(config["resume_from"])
     with start.as_directory() if start is not None else contextlib.nullcontext() as directory:
         engine.train(data, config, report=report, divergence=divergence, resume=directory)
+
+
+def _checkpoint_rule(every: int | None, interval: float) -> Callable[[int], bool]:
+    """Whether a trial checkpoints after an epoch (besides its last, which always does): every ``every``
+    epochs when the spec gives that; else once ``interval`` seconds have passed since its last checkpoint
+    (or its start), so that a crash costs at most that much training and a short trial writes one checkpoint.
+
+    Example:
+        >>> due = _checkpoint_rule(2, 10.0)
+        >>> [due(epoch) for epoch in (1, 2, 3, 4)]
+        [False, True, False, True]
+    """
+    if every is not None:
+        return lambda epoch: epoch % int(every) == 0
+    last = time.monotonic()
+
+    def due(epoch: int) -> bool:
+        nonlocal last
+        now = time.monotonic()
+        if now - last < interval:
+            return False
+        last = now
+        return True
+
+    return due
