@@ -232,7 +232,11 @@ def stack(docker: None, tmp_path_factory: pytest.TempPathFactory, request: pytes
     """The README's deploy steps (:class:`Build`), then the stack started with two workers
     (``up -d --build --wait --scale ray-worker=2``); down with its volumes at the end."""
     build = request.config.stash.get(EARLY_BUILD, None) or Build(tmp_path_factory.mktemp("deploy"))
-    made, waited = build.result()
+    try:
+        made, waited = build.result()
+    except BaseException:
+        shutil.rmtree(build.directory, ignore_errors=True)  # its env file holds the secrets
+        raise
     timing(request, f"{build.report} (started with the session; the tests waited {waited:.0f} s for it)")
     settings, env_file = made.settings, made.env_file
     try:

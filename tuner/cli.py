@@ -33,8 +33,9 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         # Before Ray is imported (it reads this once): no native SIGTERM handler in this process. Ray's core
         # worker would put in absl's failure-signal handler as ray.init connects, and a SIGTERM then aborts the
-        # launch (exit 134, a stack dump) instead of stopping it cleanly (143).
-        os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+        # launch (a stack dump, no clean stop) instead of stopping it cleanly (143). Workers keep theirs
+        # (trainable.WORKER_ENV).
+        os.environ["RAY_DISABLE_FAILURE_SIGNAL_HANDLER"] = "1"
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):

@@ -41,7 +41,7 @@ class DataFileError(Exception):
 # copy of the data for the whole study. One entry, as a spec names one file. The key holds what changes when the file
 # does (size, mtime_ns), so a file edited between validation and training is read afresh.
 _last_read: dict[tuple[Any, ...], tuple[np.ndarray, np.ndarray]] = {}
-_last_read_lock = threading.Lock()  # load_dataset may run in a thread (the runner prepares while Ray starts)
+_last_read_lock = threading.Lock()  # a program may validate and load from several threads
 
 
 def user_arrays(kind: str, path: Path, target: str | None, *, take: bool = False) -> tuple[np.ndarray, np.ndarray]:

@@ -240,7 +240,7 @@ def _execute(spec: Spec, plan: _Plan, options: RunOptions) -> StudyResult:
 
 
 def _stop_ray() -> None:
-    """Stop the Ray this launch started, from this thread, with no garbage collection meanwhile.
+    """Stop the Ray this launch started, with no garbage collection meanwhile.
 
     ``ray.shutdown`` ends Ray's core worker a moment before it forgets it: an object reference freed in that
     moment, by a collection in any thread, calls into the dead worker, and Ray ends the process ("The core
@@ -250,7 +250,7 @@ def _stop_ray() -> None:
     enabled = gc.isenabled()
     gc.disable()
     try:
-        ray.shutdown()
+        ray.shutdown(wait_for_processes=True)  # the node processes gone before their thread ends (see _RayThread)
     except Exception:  # the study is complete in Optuna and its records are queued: nothing to lose here
         logging.getLogger(__name__).debug("ray.shutdown failed", exc_info=True)
     finally:
@@ -306,22 +306,24 @@ def _connect(
         if ray_thread is not None and os.environ.get(JOB_CONFIG_VARIABLE):
             # In a Ray job (tuner submit), connecting unpacks the job's working directory afresh: the
             # process's current directory is replaced under it. Connect first, then step back in.
-            ray_thread.started()
+            ray_thread.started(signals)
             _reclaim_sigterm()
             os.chdir(cwd)
         prepared = _prepare(spec, stores, options.warn, plan.parent_run_id, curves)
         if ray_thread is not None:
-            ray_thread.started()
+            ray_thread.started(signals)
             _reclaim_sigterm()
         if signals:
             raise Terminated
     except BaseException:
-        if ray_thread is not None:
-            ray_thread.stop()
-        if prepared is not None:  # the records it opened end FAILED
-            tracker = prepared[2]
-            tracker.fail()
-            tracker.close(patience=5.0)
+        try:
+            if ray_thread is not None:
+                ray_thread.stop()
+        finally:
+            if prepared is not None:  # the records it opened end FAILED
+                tracker = prepared[2]
+                tracker.fail()
+                tracker.close(patience=5.0)
         raise
     return _Session(ray_thread, *prepared, signals)
 
@@ -335,18 +337,26 @@ def _reclaim_sigterm() -> None:
         signal.signal(signal.SIGTERM, handler)
 
 
+#: How long a launch waits for Ray to stop (a local one takes seconds; ray.init of a remote Ray that does not
+#: answer retries for a minute, and Ray stops once it returns).
+RAY_STOP_PATIENCE = 60.0
+
+
 class _RayThread:
-    """Ray, started by a thread of its own that then waits until Ray stops.
+    """Ray, started by a thread of its own, which stops it when the launch is done with it.
 
     Not by the main thread: there ``ray.init`` puts in a SIGTERM handler that raises ``SystemExit`` wherever
     the thread is, a held lock included, so a launch stopped while Ray started could hang; a launch's SIGTERM
     is a clean stop (:func:`_sigterm_as_ctrl_c`). Not by a pool's thread either: Ray's node processes die with
-    the thread that started them (``PR_SET_PDEATHSIG``), so this one lives until Ray has stopped.
+    the thread that started them (``PR_SET_PDEATHSIG``), so this one lives until they have exited, and stops
+    them itself (:func:`_stop_ray`): from another thread, the driver's shutdown waited seconds longer and left
+    Ray's agents running.
     """
 
     def __init__(self, address: str | None, verbose: bool) -> None:
-        self._ready = threading.Event()
-        self._release = threading.Event()
+        self._ready = threading.Event()  # ray.init has returned (or raised)
+        self._release = threading.Event()  # the launch is done with Ray
+        self._stopped = threading.Event()
         self._error: BaseException | None = None
         thread = threading.Thread(target=self._run, args=(address, verbose), name="tuner-ray", daemon=True)
         thread.start()
@@ -356,29 +366,32 @@ class _RayThread:
             _init_ray(address, verbose)
         except BaseException as exc:  # handed to the thread that waits for Ray
             self._error = exc
-            return
-        finally:
-            self._ready.set()
+        self._ready.set()
         self._release.wait()
+        try:
+            _stop_ray()  # a failed start's remains too
+        finally:
+            self._stopped.set()
 
-    def started(self) -> None:
-        """Wait until Ray has started.
+    def started(self, signals: list[int]) -> None:
+        """Wait until Ray has started, or until a SIGTERM comes (``signals``): reaching a remote Ray that does
+        not answer can take ray.init a minute of retries.
 
         Raises:
             TunerError: Ray could not be started or reached.
+            Terminated: a SIGTERM came first.
         """
-        self._ready.wait()
+        while not self._ready.wait(timeout=0.1):
+            if signals:
+                raise Terminated
         if self._error is not None:
             raise self._error
 
     def stop(self) -> None:
-        """Stop Ray from the calling thread (:func:`_stop_ray`), once it has started; then let the thread end."""
-        try:
-            self._ready.wait()
-            if self._error is None:
-                _stop_ray()
-        finally:
-            self._release.set()
+        """Have the thread stop Ray, once ray.init has returned, and wait for it (:data:`RAY_STOP_PATIENCE`
+        seconds at most)."""
+        self._release.set()
+        self._stopped.wait(timeout=RAY_STOP_PATIENCE)
 
 
 def _prepare(
@@ -564,7 +577,8 @@ def _fit(
     finally:
         # Ctrl-C ends Tune's loop with trials still running; Optuna hears of each one.
         left = search.close("interrupted before it finished")
-    return interrupted or bool(left) or bool(signals)  # signals: the stopper may end the loop before any trial
+    # A SIGTERM acted on by the stopper may end the loop before any trial was asked for (none is left then).
+    return interrupted or bool(left) or (bool(signals) and len(search.outcomes) < trials)
 
 
 def _trial_name(trial: Any) -> str:

@@ -27,8 +27,14 @@ __all__ = ["MODEL_FILE", "STOP_REASON", "WORKER_ENV", "train_trial"]
 STOP_REASON = "stop_reason"
 #: The trained network in a trial's last checkpoint, loadable with ``keras.models.load_model``.
 MODEL_FILE = "model.keras"
-#: Environment every worker process gets (Ray's runtime environment): quiet TensorFlow, Keras on TensorFlow.
-WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow", "PYTHONWARNINGS": "ignore"}
+#: Environment every worker process gets (Ray's runtime environment): quiet TensorFlow, Keras on TensorFlow,
+#: and Ray's native crash handler (stack dumps in the worker's log), which the CLI turns off for its driver.
+WORKER_ENV = {
+    "TF_CPP_MIN_LOG_LEVEL": "3",
+    "KERAS_BACKEND": "tensorflow",
+    "PYTHONWARNINGS": "ignore",
+    "RAY_DISABLE_FAILURE_SIGNAL_HANDLER": "0",
+}
 
 
 def train_trial(config: dict[str, Any], data: Dataset, *, threads: int = 1, pruning: Pruning | None = None) -> None:
@@ -69,10 +75,13 @@ def train_trial(config: dict[str, Any], data: Dataset, *, threads: int = 1, prun
         engine.train(data, config, report=report, divergence=divergence, resume=directory)
 
 
-def _checkpoint_rule(every: int | None, interval: float) -> Callable[[int], bool]:
+def _checkpoint_rule(
+    every: int | None, interval: float, clock: Callable[[], float] = time.monotonic
+) -> Callable[[int], bool]:
     """Whether a trial checkpoints after an epoch (besides its last, which always does): every ``every``
     epochs when the spec gives that; else once ``interval`` seconds have passed since its last checkpoint
-    (or its start), so that a crash costs at most that much training and a short trial writes one checkpoint.
+    (or its start), so that a crash costs about that much training (plus the epoch under way) and a short
+    trial writes one checkpoint. ``clock`` gives seconds.
 
     Example:
         >>> due = _checkpoint_rule(2, 10.0)
@@ -81,11 +90,11 @@ def _checkpoint_rule(every: int | None, interval: float) -> Callable[[int], bool
     """
     if every is not None:
         return lambda epoch: epoch % int(every) == 0
-    last = time.monotonic()
+    last = clock()
 
     def due(epoch: int) -> bool:
         nonlocal last
-        now = time.monotonic()
+        now = clock()
         if now - last < interval:
             return False
         last = now
