@@ -329,7 +329,10 @@ def test_a_killed_worker_container_loses_no_trial(
     epochs = 60
     spec = write(
         tmp_path / "long.yaml",
-        f"study: {{name: deploy-workerloss, trials: 4}}\ntraining: {{epochs: {epochs}, checkpoint_every: 1}}\n"
+        # Batches of 16 make an epoch about four times longer than the default 64: the trial must still be
+        # training seconds after MLflow shows it has begun (its metrics arrive every 2 s), whatever the speed.
+        f"study: {{name: deploy-workerloss, trials: 4}}\n"
+        f"training: {{epochs: {epochs}, batch_size: 16, checkpoint_every: 1}}\n"
         "pruning: {scheduler: none}\n"
         "optimizers:\n  adam: {learning_rate: {low: 1.0e-3, high: 3.0e-3}}\n",
     )

@@ -477,7 +477,8 @@ class Training(_Section):
     epochs: Annotated[_AtLeast1, BeforeValidator(_budget)] = 20  # type: ignore[valid-type]
     batch_size: _value(int, _bounded(int, Bounds(1))) = 64  # type: ignore[valid-type]
     # A trial checkpoints once checkpoint_interval_s seconds of training have passed since its last checkpoint
-    # (a crash costs at most that much), or every checkpoint_every epochs when that is given; always at the end.
+    # (checked after each epoch: a crash costs about that much, plus the epoch under way), or every
+    # checkpoint_every epochs when that is given; always after its last epoch.
     checkpoint_every: _AtLeast1 | None = None  # type: ignore[valid-type]
     checkpoint_interval_s: _within(float, Bounds(0.0, low_open=True)) = 10.0  # type: ignore[valid-type]
 
