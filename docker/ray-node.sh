@@ -7,6 +7,8 @@
 #
 # Settings (environment): RAY_PORT (6379), RAY_DASHBOARD_PORT (8265), RAY_CLIENT_PORT (10001),
 # RAY_DASHBOARD_HOST (127.0.0.1; the head container sets 0.0.0.0 and compose publishes it on 127.0.0.1 only),
+# RAY_AGENT_PORT (52365: the node's dashboard agent, which runs the head's jobs; nodes sharing a machine need one
+# each),
 # RAY_NODE_IP (the node's address), RAY_HEAD_ADDRESS (a worker's head, host:port), RAY_NUM_CPUS,
 # RAY_NUM_GPUS, RAY_TEMP_DIR, RAY_BLOCK (set: stay in the foreground, as a container's main process must).
 set -euo pipefail
@@ -23,6 +25,7 @@ args=()
 [ -n "${RAY_NUM_CPUS:-}" ] && args+=(--num-cpus="$RAY_NUM_CPUS")
 [ -n "${RAY_NUM_GPUS:-}" ] && args+=(--num-gpus="$RAY_NUM_GPUS")
 [ -n "${RAY_TEMP_DIR:-}" ] && args+=(--temp-dir="$RAY_TEMP_DIR")
+[ -n "${RAY_AGENT_PORT:-}" ] && args+=(--dashboard-agent-listen-port="$RAY_AGENT_PORT")
 [ -n "${RAY_BLOCK:-}" ] && args+=(--block)
 
 case "$role" in

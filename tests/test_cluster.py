@@ -41,7 +41,12 @@ class Cluster:
         before = set(_raylets(self.temp))
         # Its own temporary directory, as a container has: nodes sharing one would garbage-collect each
         # other's runtime environments (a job's working directory among them).
-        env = {**self.env, "RAY_HEAD_ADDRESS": self.address, "RAY_NUM_CPUS": str(cpus)}
+        env = {
+            **self.env,
+            "RAY_HEAD_ADDRESS": self.address,
+            "RAY_NUM_CPUS": str(cpus),
+            "RAY_AGENT_PORT": str(free_port()),
+        }
         env["RAY_TEMP_DIR"] = f"{self.temp}w{len(self.workers)}"
         subprocess.run(["bash", str(NODE_SCRIPT), "worker"], env=env, check=True, capture_output=True, timeout=120)
         (pid,) = set(_raylets(self.temp)) - before
@@ -100,6 +105,9 @@ def cluster() -> Iterator[Cluster]:
         "RAY_PORT": str(gcs),
         "RAY_DASHBOARD_PORT": str(dashboard),
         "RAY_CLIENT_PORT": str(client),
+        # The head's agent runs the submitted jobs: a port of its own, not Ray's 52365, which any other Ray on
+        # this machine (a launch's local one) may hold; Ray then logs the clash and refuses every job.
+        "RAY_AGENT_PORT": str(free_port()),
         "RAY_NUM_CPUS": "1",
         "RAY_TEMP_DIR": temp,
         "TF_CPP_MIN_LOG_LEVEL": "3",
