@@ -7,16 +7,20 @@
 Workload W2: digits, an MLP with one hidden layer of 128 relu units, batch 64, a mix of SGD / RMSprop / Adam
 (learning rate 1e-3..1e-1, log), no pruning, 2 trials at a time where the runner allows it:
 
-1. ``tuner``: ``tuner launch`` with tracking on (MLflow in SQLite): the real product path;
+1. ``tuner``: ``tuner launch`` with tracking on (MLflow in SQLite): the real product path, cold: the launch
+   starts its own Ray and opens the stores;
+   ``tuner_warm``: the same launch in a work directory where ``tuner up`` runs a Ray head and an MLflow server
+   (started before the measurement, as a user starts it once; its processes are not in the peak RSS);
 2. ``keras_loop``: a plain sequential loop: build, compile, ``model.fit(epochs=20, validation_data=...)``;
 3. ``ray_optuna``: Ray Tune + OptunaSearch, a function trainable reporting each epoch from a Keras callback,
    ``reuse_actors=True``;
 4. ``keras_tuner``: Keras Tuner's RandomSearch.
 
 Each runs in its own process tree; the parent measures wall seconds and peak memory (RSS summed over the
-tree, Ray's processes included). Then: tuner's wall seconds per trial beyond the training itself (200 trials x
-1 epoch on iris, tracking on), and how much a worker's memory grows over 100 trials. Everything is printed and
-written to ``benchmarks/results/throughput.{json,md}``.
+tree, Ray's processes included), and for tuner the seconds to its first trial's result. Then: the fixed cost of
+a launch, cold and warm (a 1-trial x 1-epoch launch on iris, three times each, median); tuner's wall seconds per
+trial beyond the training itself (200 trials x 1 epoch on iris, tracking on), and how much a worker's memory
+grows over 100 trials. Everything is printed and written to ``benchmarks/results/throughput.{json,md}``.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-RUNNERS = ("tuner", "keras_loop", "ray_optuna", "keras_tuner")
+RUNNERS = ("tuner", "tuner_warm", "keras_loop", "ray_optuna", "keras_tuner")
 OPTIMIZERS = ("sgd", "rmsprop", "adam")
 
 
@@ -167,22 +171,49 @@ def run_keras_tuner(trials: int, epochs: int, workdir: str) -> dict[str, Any]:
     return {"trials": len(search.oracle.trials), "epochs": len(search.oracle.trials) * epochs}
 
 
+def tuner_cli(*args: str) -> list[str]:
+    return [str(Path(sys.executable).with_name("tuner")), *args]
+
+
 def run_tuner(trials: int, epochs: int, workdir: str, dataset: str = "digits") -> dict[str, Any]:
+    """``tuner launch`` in ``workdir`` (warm when ``tuner up`` runs there); the seconds to its first trial's
+    result are read off its progress lines as they come."""
     spec = Path(workdir) / "w2.yaml"
     spec.write_text(spec_text(trials, epochs, dataset))
-    done = subprocess.run(
-        [str(Path(sys.executable).with_name("tuner")), "launch", str(spec), "--workdir", workdir, "--json"],
-        capture_output=True,
+    started = time.monotonic()
+    first = None
+    launch = subprocess.Popen(
+        tuner_cli("launch", str(spec), "--workdir", workdir, "--json"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        check=False,
     )
-    if done.returncode != 0:
-        raise SystemExit(f"tuner launch failed: {done.stderr}")
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    lines = []
+    for line in launch.stdout or ():
+        if first is None and line.startswith("["):  # [ 1/48] trial #0 complete ...
+            first = time.monotonic() - started
+        lines.append(line)
+    err = launch.stderr.read() if launch.stderr else ""
+    if launch.wait() != 0:
+        raise SystemExit(f"tuner launch failed: {err}")
+    summary = json.loads(lines[-1])
     import optuna
 
     study = optuna.load_study(study_name="w2", storage=summary["storage"])
-    return {"trials": len(study.trials), "epochs": sum(int(t.user_attrs.get("epochs", 0)) for t in study.trials)}
+    epochs_run = sum(int(t.user_attrs.get("epochs", 0)) for t in study.trials)
+    return {"trials": len(study.trials), "epochs": epochs_run, "first_result_seconds": round(first or 0.0, 2)}
+
+
+class Service:
+    """``tuner up`` in a work directory of its own for as long as the ``with`` block runs."""
+
+    def __enter__(self) -> str:
+        self.workdir = tempfile.mkdtemp(prefix="w2-warm-")
+        subprocess.run(tuner_cli("up", "--workdir", self.workdir), check=True, capture_output=True)
+        return self.workdir
+
+    def __exit__(self, *exc: Any) -> None:
+        subprocess.run(tuner_cli("down", "--workdir", self.workdir), check=True, capture_output=True)
 
 
 def epoch_seconds(dataset: str) -> dict[str, Any]:
@@ -254,10 +285,10 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPUs, {memory:.0f} GiB, Python {platform.python_version()}"
 
 
-def child(name: str, trials: int, epochs: int, dataset: str) -> None:
+def child(name: str, trials: int, epochs: int, dataset: str, served: str | None) -> None:
     with tempfile.TemporaryDirectory() as workdir:
-        if name == "tuner":
-            result = run_tuner(trials, epochs, workdir, dataset)
+        if name in ("tuner", "tuner_warm"):
+            result = run_tuner(trials, epochs, served or workdir, dataset)
         elif name == "keras_loop":
             result = run_keras_loop(trials, epochs)
         elif name == "ray_optuna":
@@ -282,9 +313,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--dataset", default="digits", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)  # a warm run's, where tuner up runs
     args = parser.parse_args()
     if args.run:
-        child(args.run, args.trials, args.epochs, args.dataset)
+        child(args.run, args.trials, args.epochs, args.dataset, args.workdir)
         return
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -294,13 +326,30 @@ def main() -> None:
     runs: dict[str, Any] = {}
     for name in args.runners.split(","):
         print(f"running {name} ...", flush=True)
-        runs[name] = measure([*me, "--run", name, "--trials", str(args.trials), "--epochs", str(args.epochs)])
+        command = [*me, "--run", name, "--trials", str(args.trials), "--epochs", str(args.epochs)]
+        if name == "tuner_warm":
+            with Service() as served:
+                runs[name] = measure([*command, "--workdir", served])
+        else:
+            runs[name] = measure(command)
         runs[name]["epochs_per_second"] = round(runs[name]["epochs"] / runs[name]["wall_seconds"], 1)
     report["runs"] = runs
-    if "tuner" in runs:
+    if "keras_loop" in runs:
         for r in runs.values():
-            r["x_tuner"] = round(r["wall_seconds"] / runs["tuner"]["wall_seconds"], 2)
+            r["x_keras_loop"] = round(r["wall_seconds"] / runs["keras_loop"]["wall_seconds"], 2)
     if not args.skip_overhead:
+        print("running the fixed cost of a launch, cold and warm ...", flush=True)
+        one = [*me, "--run", "tuner", "--trials", "1", "--epochs", "1", "--dataset", "iris"]
+        cold = [measure(one) for _ in range(3)]
+        with Service() as served:
+            warm = [measure([*one, "--workdir", served]) for _ in range(3)]
+        report["fixed_cost"] = {
+            kind: {
+                "wall_seconds": sorted(r["wall_seconds"] for r in runs_)[1],
+                "first_result_seconds": sorted(r["first_result_seconds"] for r in runs_)[1],
+            }
+            for kind, runs_ in (("cold", cold), ("warm", warm))
+        }
         print("running the per-trial overhead and memory runs ...", flush=True)
         many = measure([*me, "--run", "tuner", "--trials", "200", "--epochs", "1", "--dataset", "iris"])
         few = measure([*me, "--run", "tuner", "--trials", "2", "--epochs", "1", "--dataset", "iris"])
@@ -328,14 +377,22 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"{report['date']}, {report['machine']}; {w['trials']} trials x {w['epochs']} epochs on {w['dataset']}",
         "",
-        "| runner | wall s | epochs | epochs/s | peak RSS MB | x tuner |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| runner | wall s | first result s | epochs | epochs/s | peak RSS MB | x Keras loop |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, r in report["runs"].items():
         lines.append(
-            f"| {name} | {r['wall_seconds']} | {r['epochs']} | {r['epochs_per_second']} | {r['peak_rss_mb']} | "
-            f"{r.get('x_tuner', '')} |"
+            f"| {name} | {r['wall_seconds']} | {r.get('first_result_seconds', '')} | {r['epochs']} | "
+            f"{r['epochs_per_second']} | {r['peak_rss_mb']} | {r.get('x_keras_loop', '')} |"
         )
+    if "fixed_cost" in report:
+        c = report["fixed_cost"]
+        lines += [
+            "",
+            "Fixed cost of a launch (1 trial x 1 epoch on iris, median of 3): "
+            f"cold {c['cold']['wall_seconds']} s (first result at {c['cold']['first_result_seconds']} s), "
+            f"warm {c['warm']['wall_seconds']} s (first result at {c['warm']['first_result_seconds']} s).",
+        ]
     if "overhead" in report:
         o, m = report["overhead"], report["memory"]
         lines += [

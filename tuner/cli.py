@@ -176,6 +176,11 @@ def resume(name: str, **run: Any) -> None:
 def _run(name: str, spec: Any, *, as_json: bool, verbose: bool, workdir: str, **where: Any) -> None:
     """Run ``spec`` as a new launch, or resume study ``name`` when ``spec`` is None; print as it goes."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else "3")
+    from tuner import service
+
+    served = service.find(workdir)  # tuner up's, when one is up here
+    if served is not None and not (where.get("address") or os.environ.get("RAY_ADDRESS")):
+        os.environ.update(service.auth_environment(served))  # before Ray is imported: it reads them once
     from rich.console import Console
 
     from tuner import report
@@ -193,7 +198,7 @@ def _run(name: str, spec: Any, *, as_json: bool, verbose: bool, workdir: str, **
         done += 1
         click.echo(report.trial_line(outcome, launched[0].metric, done, launched[0].trials))
 
-    options = dict(where, workdir=workdir, verbose=verbose, progress=progress, announce=announce)
+    options = dict(where, workdir=workdir, verbose=verbose, progress=progress, announce=announce, service=served)
     options["warn"] = _warn
     result = resume_study(name, **options) if spec is None else run_study(spec, **options)
     console = Console(highlight=False)
@@ -273,20 +278,60 @@ def ui(port: int, host: str, workdir: str, tracking_uri: str | None) -> None:
     """Start the MLflow UI on the store tuner launch writes to, and print where each study is."""
     from pathlib import Path
 
+    from tuner import service
     from tuner.tracking import experiment_url, resolve_tracking_uri, serve_ui, study_experiments, ui_url
 
     root = Path(workdir).resolve()
     uri = resolve_tracking_uri(tracking_uri, root)
+    served = service.find(root)
+    if served is not None and uri == served.store:  # tuner up's server serves this store already
+        uri = served.mlflow_url
     if uri.startswith(("http://", "https://")):
         for name, experiment in study_experiments(uri):
             click.echo(f"{name}: {experiment_url(ui_url(uri), experiment)}")
-        click.echo(f"{uri} is a tracking server already; its UI is there.")
+        what = f"tuner up's MLflow server for {root}" if served and uri == served.mlflow_url else "a tracking server"
+        click.echo(f"{uri} is {what}; its UI is there.")
         return
     base = f"http://{host}:{port}"
     for name, experiment in study_experiments(uri):
         click.echo(f"{name}: {experiment_url(base, experiment)}")
     click.echo(f"MLflow UI on {base} for {uri} (Ctrl-C to stop)")
     sys.exit(serve_ui(uri, root / "mlartifacts", host=host, port=port))
+
+
+@main.command()
+@_workdir("The work directory whose launches use the service")
+@click.option("--num-cpus", type=click.IntRange(min=1), help="CPUs the Ray head offers trials [default: all].")
+def up(workdir: str, num_cpus: int | None) -> None:
+    """Start a local Ray head and an MLflow server for WORKDIR and leave them running: `tuner launch`,
+    `tuner resume` and `tuner ui` there use them, and skip their start-up. `tuner down` stops them.
+
+    Ray's token authentication is on (the token is in WORKDIR/.tuner, readable by you alone); MLflow binds
+    to 127.0.0.1 and serves WORKDIR's own store, so the records land where a launch without the service
+    puts them."""
+    from pathlib import Path
+
+    from tuner import service
+
+    root = Path(workdir).resolve()
+    running, started = service.start(root, num_cpus=num_cpus)
+    click.echo(f"{'up' if started else 'already up'} in {root}:")
+    click.echo(f"  ray: {running.ray_address} (token auth; token in {running.token_path})")
+    click.echo(f"  mlflow: {running.mlflow_url} (store {running.store})")
+    click.echo(f"launches in {root} use them until: tuner down --workdir {root}")
+
+
+@main.command()
+@_workdir("The work directory whose service to stop")
+def down(workdir: str) -> None:
+    """Stop the Ray head and the MLflow server `tuner up` started for WORKDIR."""
+    from pathlib import Path
+
+    from tuner import service
+
+    root = Path(workdir).resolve()
+    stopped = service.stop(root)
+    click.echo(f"stopped the service in {root}" if stopped else f"no service is up in {root}")
 
 
 #: Where ``submit``, ``logs`` and ``status`` find the cluster: its head's job server (the dashboard's port).

@@ -39,6 +39,7 @@ from tuner.search import (
     open_storage,
     outcome_of,
 )
+from tuner.service import Service
 from tuner.spec import Spec, parse_spec
 from tuner.trainable import STOP_REASON, WORKER_ENV, train_trial
 
@@ -66,6 +67,10 @@ class RunOptions:
         warn: called with a line when something goes wrong that does not stop the study (e.g. MLflow).
         trainable: the function each trial runs, ``(config, data, *, threads, pruning)``; tuner's Keras
             trainer unless you bring your own.
+        service: a warm local service (``tuner up``, :func:`tuner.service.find`) to run on: its Ray head
+            unless ``address`` or ``RAY_ADDRESS`` name another (the process must have imported Ray after
+            setting :func:`tuner.service.auth_environment`), and its MLflow server in place of the store it
+            serves.
     """
 
     workdir: str | Path = "."
@@ -78,6 +83,7 @@ class RunOptions:
     announce: Callable[[Launch], None] | None = None
     warn: Callable[[str], None] | None = None
     trainable: Callable[..., None] = train_trial
+    service: Service | None = None
 
 
 @dataclass(frozen=True)
@@ -264,7 +270,9 @@ class _Stores:
 
     workdir: Path
     storage_url: str
-    tracking_uri: str
+    tracking_uri: str  # where the records are sent
+    tracking_store: str  # the store they end in, which the launch records: the same, or what a service serves
+    address: str | None  # Ray's; None: a local Ray of the launch's own
 
 
 @dataclass(frozen=True)
@@ -287,10 +295,13 @@ def _locate(options: RunOptions) -> _Stores:
     """
     workdir = Path(options.workdir).resolve()
     storage_url = check_storage_url(options.storage or _default_storage(options))
-    tracking_uri = tracking.resolve_tracking_uri(options.tracking_uri, workdir)
+    store = tracking.resolve_tracking_uri(options.tracking_uri, workdir)
+    served = options.service
+    tracking_uri = served.mlflow_url if served is not None and store == served.store else store
     tracking.check_reachable(tracking_uri)
-    _check_remote_driver(options.address, storage_url, tracking_uri)
-    return _Stores(workdir, storage_url, tracking_uri)
+    address = options.address or os.environ.get("RAY_ADDRESS") or (served.ray_address if served else None)
+    _check_remote_driver(address, storage_url, tracking_uri)
+    return _Stores(workdir, storage_url, tracking_uri, store, address)
 
 
 def _connect(
@@ -300,7 +311,7 @@ def _connect(
     opens the Optuna and MLflow stores: Ray's start is seconds of waiting on its processes. ``signals``: the
     SIGTERMs received, which stop the launch here."""
     cwd = os.getcwd()
-    ray_thread = None if ray.is_initialized() else _RayThread(options.address, options.verbose)
+    ray_thread = None if ray.is_initialized() else _RayThread(stores.address, options.verbose)
     prepared: tuple[Dataset, optuna.storages.BaseStorage, tracking.Tracker] | None = None
     try:
         if ray_thread is not None and os.environ.get(JOB_CONFIG_VARIABLE):
@@ -444,7 +455,7 @@ def _tune(
     root = options.storage_path or str(stores.workdir / "ray_results")
     name = f"{spec.study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     experiment = _join_uri(root, name)
-    _record_launch(search.study, spec, plan, experiment, stores.tracking_uri, session.tracker.parent_run_id)
+    _record_launch(search.study, spec, plan, experiment, stores.tracking_store, session.tracker.parent_run_id)
     if options.announce:
         s = spec.study
         options.announce(Launch(s.name, plan.samples, len(plan.adopt), concurrency, s.sampler, s.seed,
@@ -509,8 +520,7 @@ def _check_remote_driver(address: str | None, storage_url: str, tracking_uri: st
     Raises:
         UsageError: a ``ray://`` address with a local SQLite or file store.
     """
-    address = address or os.environ.get("RAY_ADDRESS", "")
-    if not address.startswith("ray://"):
+    if not address or not address.startswith("ray://"):
         return
     local = [what for what, uri in (("--storage", storage_url), ("--tracking-uri", tracking_uri)) if _is_local(uri)]
     if local:
@@ -722,12 +732,12 @@ def _init_ray(address: str | None, verbose: bool) -> None:
     # second runtime environment from the driver makes Ray rebuild the job's and lose its working directory.
     if not os.environ.get(JOB_CONFIG_VARIABLE):
         kwargs["runtime_env"] = {"env_vars": dict(env)}
-    if not (address or os.environ.get("RAY_ADDRESS")):
+    if not address:
         kwargs["include_dashboard"] = False
     try:
         ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = address or os.environ.get("RAY_ADDRESS") or "a local Ray"
+        where = address or "a local Ray"
         raise TunerError(f"cannot start or reach Ray at {where}: {str(exc).splitlines()[0]}") from None
 
 

@@ -25,6 +25,7 @@ from ray import tune
 from tuner import outbox, sending
 from tuner.errors import TunerError
 from tuner.results import CURVE_METRICS, Curve, Curves, StudyResult, TrialOutcome
+from tuner.service import MLFLOW_SERVER_ENV, mlflow_server_command, store_uri
 from tuner.trainable import MODEL_FILE
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ PATIENCE_SECONDS = 30.0
 def resolve_tracking_uri(uri: str | None, workdir: Path) -> str:
     """``uri``, else ``MLFLOW_TRACKING_URI``, else MLflow's own default placed in the work directory
     (``sqlite:///WORKDIR/mlflow.db``), so that ``mlflow ui`` started there shows the study."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workdir / 'mlflow.db'}"
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or store_uri(workdir)
 
 
 #: The address a person's browser opens MLflow at, when it is not the tracking URI: a cluster's processes
@@ -97,17 +98,9 @@ def serve_ui(uri: str, artifacts: Path, *, host: str = "127.0.0.1", port: int = 
     """
     import signal
     import subprocess
-    import sys
 
-    command = [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", uri,
-        "--artifacts-destination", str(artifacts),
-        "--host", host, "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
-    # MLflow's background job runner serves GenAI features a study does not use; it costs a process each.
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    server = subprocess.Popen(command, start_new_session=True, env=env)
+    command = mlflow_server_command(uri, artifacts, host=host, port=port)
+    server = subprocess.Popen(command, start_new_session=True, env={**os.environ, **MLFLOW_SERVER_ENV})
 
     def stop(*_: Any) -> None:
         with contextlib.suppress(ProcessLookupError):
