@@ -20,7 +20,8 @@ Each runs in its own process tree; the parent measures wall seconds and peak mem
 tree, Ray's processes included), and for tuner the seconds to its first trial's result. Then: the fixed cost of
 a launch, cold and warm (a 1-trial x 1-epoch launch on iris, three times each, median); tuner's wall seconds per
 trial beyond the training itself (200 trials x 1 epoch on iris, tracking on), and how much a worker's memory
-grows over 100 trials. Everything is printed and written to ``benchmarks/results/throughput.{json,md}``.
+grows over 100 trials; and ``many_trials.py``'s 200 sleeping trials. Everything is printed and written to
+``benchmarks/results/throughput.{json,md}``.
 """
 
 from __future__ import annotations
@@ -310,6 +311,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--runners", default=",".join(RUNNERS), help="comma-separated subset of " + ", ".join(RUNNERS))
     parser.add_argument("--skip-overhead", action="store_true", help="skip the per-trial overhead and memory runs")
+    parser.add_argument("--skip-many", action="store_true", help="skip the 200 sleeping trials (many_trials.py)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--dataset", default="digits", help=argparse.SUPPRESS)
@@ -365,6 +367,10 @@ def main() -> None:
         report["memory"] = {
             k: round(v, 1) for k, v in measure([*me, "--run", "rss_growth"]).items() if k.endswith("_mb")
         }
+    if not args.skip_many:
+        import many_trials  # beside this file
+
+        report["many"] = many_trials.run_all()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "throughput.json").write_text(json.dumps(report, indent=2) + "\n")
     text = markdown(report)
@@ -403,6 +409,10 @@ def markdown(report: dict[str, Any]) -> str:
             f"Worker memory over 100 trials: {m['rss_after_5_mb']:.0f} MB after 5, "
             f"{m['rss_after_100_mb']:.0f} MB after 100: **{m['rss_growth_mb']:+.1f} MB** (target 50 MB).",
         ]
+    if "many" in report:
+        import many_trials
+
+        lines += ["", many_trials.markdown(report["many"]).rstrip()]
     return "\n".join(lines) + "\n"
 
 
