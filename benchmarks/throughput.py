@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -215,6 +216,7 @@ class Service:
 
     def __exit__(self, *exc: Any) -> None:
         subprocess.run(tuner_cli("down", "--workdir", self.workdir), check=True, capture_output=True)
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def epoch_seconds(dataset: str) -> dict[str, Any]:

@@ -70,6 +70,10 @@ def test_up_serves_the_launches_of_its_work_directory_and_down_stops_it(tmp_path
         runs = client.search_runs([summary["mlflow"]["experiment_id"]])
         assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3  # the parent and its 2 trials
         assert all(r.data.metrics.get("val_loss") is not None for r in runs if r.data.tags.get("mlflow.parentRunId"))
+        # Its artifacts where a launch without the service puts them, which either kind of launch can log to.
+        experiment = client.get_experiment(summary["mlflow"]["experiment_id"])
+        assert experiment.artifact_location == (workdir / "mlartifacts" / "served").as_uri()
+        assert list((workdir / "mlartifacts" / "served").rglob("iris.yaml"))  # the spec, on the parent run
         # The launch records the store, not the server: `tuner resume` finds its runs with the service down too.
         import optuna
 
@@ -113,7 +117,12 @@ def test_a_missing_unreadable_or_dead_service_is_not_used(tmp_path: Path) -> Non
     dead.wait()
     fields = {"ray_address": "127.0.0.1:1", "token_path": str(tmp_path / "t"), "mlflow_url": "http://127.0.0.1:1"}
     fields |= {"store": service.store_uri(tmp_path), "ray_pid": dead.pid, "mlflow_pid": dead.pid}
-    fields["temp_dir"] = str(tmp_path / "r")
+    fields["temp_dir"] = f"{service.TEMP_PREFIX}gone-{tmp_path.name}"
+    # A record stop() would act on wrongly is no record: pid 0 is the caller's own group, "" matches every
+    # command line, "/" is a directory to delete.
+    for damaged in ({"ray_pid": 0}, {"mlflow_pid": 1}, {"temp_dir": ""}, {"temp_dir": "/"}, {"temp_dir": "/tmp/x"}):
+        record.write_text(json.dumps(fields | damaged))
+        assert service._read(tmp_path) is None, damaged
     record.write_text(json.dumps(fields))
     assert service._read(tmp_path) == service.Service(**fields)  # readable, but its processes are gone
     assert service.find(tmp_path) is None

@@ -179,8 +179,12 @@ def _run(name: str, spec: Any, *, as_json: bool, verbose: bool, workdir: str, **
     from tuner import service
 
     served = service.find(workdir)  # tuner up's, when one is up here
-    if served is not None and not (where.get("address") or os.environ.get("RAY_ADDRESS")):
-        os.environ.update(service.auth_environment(served))  # before Ray is imported: it reads them once
+    address = where.get("address") or os.environ.get("RAY_ADDRESS")
+    if served is not None and address in (None, served.ray_address):
+        # Before Ray is imported: it reads them once. A token exported for another cluster would win over
+        # the service's file.
+        os.environ.pop("RAY_AUTH_TOKEN", None)
+        os.environ.update(service.auth_environment(served))
     from rich.console import Console
 
     from tuner import report
@@ -210,7 +214,11 @@ def _run(name: str, spec: Any, *, as_json: bool, verbose: bool, workdir: str, **
     if result.mlflow:
         click.echo(_mlflow_line(result.mlflow, result.study, workdir))
     if result.unsent_records:
-        click.echo(_unsent_line(result.unsent_records, result.study, workdir, result.mlflow), err=True)
+        # Through tuner up's server: `tuner sync` finds the store by itself, the server may be gone by then.
+        runs = result.mlflow
+        if served is not None and runs and runs["tracking_uri"] == served.mlflow_url:
+            runs = None
+        click.echo(_unsent_line(result.unsent_records, result.study, workdir, runs), err=True)
     if as_json:
         click.echo(json.dumps(result.to_json()))
     if result.interrupted:

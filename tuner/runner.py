@@ -297,10 +297,13 @@ def _locate(options: RunOptions) -> _Stores:
     storage_url = check_storage_url(options.storage or _default_storage(options))
     store = tracking.resolve_tracking_uri(options.tracking_uri, workdir)
     served = options.service
-    tracking_uri = served.mlflow_url if served is not None and store == served.store else store
-    tracking.check_reachable(tracking_uri)
     address = options.address or os.environ.get("RAY_ADDRESS") or (served.ray_address if served else None)
-    _check_remote_driver(address, storage_url, tracking_uri)
+    # Through the service's server, unless Ray Client runs the loop on a cluster's head, which cannot reach
+    # this machine's loopback any more than its files.
+    through = served is not None and store == served.store and not (address or "").startswith("ray://")
+    tracking_uri = served.mlflow_url if through and served is not None else store
+    tracking.check_reachable(tracking_uri)
+    _check_remote_driver(address, storage_url, store)
     return _Stores(workdir, storage_url, tracking_uri, store, address)
 
 
@@ -414,7 +417,9 @@ def _prepare(
     with _creating(stores.storage_url, stores.tracking_uri):
         storage = open_storage(stores.storage_url)
         check_compatible(storage, spec)
-        local_store = not stores.tracking_uri.startswith(("http://", "https://"))
+        # The store's kind, not the address's: through tuner up's server, experiments keep the artifact
+        # location a launch without it gives them, so that either kind of launch can log to them later.
+        local_store = not stores.tracking_store.startswith(("http://", "https://"))
         artifacts = stores.workdir / "mlartifacts" if local_store else None
         tracker = tracking.Tracker(
             spec,
@@ -424,6 +429,7 @@ def _prepare(
             warn=warn,
             parent_run_id=parent_run_id,
             curves=curves,
+            store=stores.tracking_store,
         )
     return dataset, storage, tracker
 

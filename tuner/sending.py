@@ -15,7 +15,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from tuner import environ, outbox
+from tuner import environ, outbox, service
 from tuner.errors import TunerError
 
 __all__ = ["BOUNDED_REQUESTS", "OUTBOX", "QUIET_CLIENT", "RUN", "Sender", "client_settings", "first_line", "sync"]
@@ -130,7 +130,7 @@ def sync(
         about = outbox.header(directory)
         if about is None or about.get("study") != study:
             continue  # another study's, or one being made this moment
-        uri = tracking_uri or about["tracking_uri"]
+        uri = tracking_uri or _destination(about, workdir)
         sender = Sender(MlflowClient(tracking_uri=uri), directory)
         try:
             with client_settings():
@@ -148,6 +148,16 @@ def sync(
             else:
                 raise TunerError(f"cannot reach the MLflow tracking server at {uri} ({exc})") from None
     return sent, waiting
+
+
+def _destination(about: dict[str, Any], workdir: Path) -> str:
+    """Where an outbox's records go by default: where its launch sent them; for a launch that sent them
+    through tuner up's server, that server while it serves the store, else the store itself."""
+    store = about.get("store")
+    if not store:
+        return str(about["tracking_uri"])
+    served = service.find(workdir)
+    return served.mlflow_url if served is not None and served.store == store else str(store)
 
 
 def _check_holds(client: MlflowClient, uri: str, about: dict[str, Any]) -> None:

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -90,11 +90,24 @@ def _record(workdir: Path) -> Path:
     return workdir / SERVICE_DIR / "service.json"
 
 
+#: Where a service's Ray keeps its session files: ``tempfile.mkdtemp`` under /tmp, one per service.
+TEMP_PREFIX = "/tmp/tuner-"
+
+
 def _read(workdir: Path) -> Service | None:
+    """The record, if it is one ``start`` could have written: ``stop`` signals its processes and deletes its
+    directory, so a damaged or foreign record must not name the caller's group, every process or ``/``."""
     try:
-        return Service(**json.loads(_record(workdir).read_text()))
+        found = Service(**json.loads(_record(workdir).read_text()))
+        int(found.ray_address.rpartition(":")[2]), int(found.mlflow_url.rpartition(":")[2])
     except (OSError, ValueError, TypeError):
         return None
+    pids = (found.ray_pid, found.mlflow_pid)
+    if not all(isinstance(p, int) and p > 1 for p in pids):
+        return None
+    if not (found.temp_dir.startswith(TEMP_PREFIX) and "/" not in found.temp_dir[len(TEMP_PREFIX) :]):
+        return None
+    return found
 
 
 def find(workdir: str | Path) -> Service | None:
@@ -115,6 +128,19 @@ def auth_environment(service: Service) -> dict[str, str]:
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": service.token_path}
 
 
+@contextlib.contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    """One ``tuner up`` or ``tuner down`` at a time in a work directory: two at once would stop each other's
+    half-started processes. The system drops the lock if the process dies."""
+    import fcntl
+
+    folder = root / SERVICE_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "service.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def start(workdir: str | Path, *, num_cpus: int | None = None) -> tuple[Service, bool]:
     """Start the service in ``workdir``, or find the one already up there; returns it, and whether it was
     started now.
@@ -123,12 +149,16 @@ def start(workdir: str | Path, *, num_cpus: int | None = None) -> tuple[Service,
         TunerError: a server did not start (its log is named).
     """
     root = Path(workdir).resolve()
-    running = find(root)
-    if running is not None:
-        return running, False
-    stop(root)  # what a service that died left behind
+    with _locked(root):
+        running = find(root)
+        if running is not None:
+            return running, False
+        _stop(root)  # what a service that died left behind
+        return _start(root, num_cpus), True
+
+
+def _start(root: Path, num_cpus: int | None) -> Service:
     folder = root / SERVICE_DIR
-    folder.mkdir(parents=True, exist_ok=True)
     token = folder / "ray_auth_token"
     with contextlib.suppress(FileNotFoundError):
         token.unlink()
@@ -163,24 +193,32 @@ def start(workdir: str | Path, *, num_cpus: int | None = None) -> tuple[Service,
         mlflow_pid=mlflow_process.pid,
         temp_dir=temp_dir,
     )
-    _write(root, service)  # before waiting: `tuner down` stops a start that hangs
+    _write(root, service)  # before waiting: a start that fails is stopped from the record
     try:
         _wait_for(ray_process, ray_log, lambda: "Ray runtime started" in _tail(ray_log), "the Ray head")
         _wait_for(mlflow_process, mlflow_log, lambda: _healthy(service.mlflow_url), "the MLflow server")
     except BaseException:
-        stop(root)
+        _stop(root)
         raise
-    return service, True
+    return service
 
 
 def stop(workdir: str | Path) -> Service | None:
     """Stop the service recorded in ``workdir`` (and what a dead one left behind); returns what was stopped,
     or None when no service was recorded there."""
     root = Path(workdir).resolve()
+    with _locked(root):
+        return _stop(root)
+
+
+def _stop(root: Path) -> Service | None:
     service = _read(root)
     if service is None:
         return None
-    groups = [service.ray_pid, service.mlflow_pid]
+    # Only groups that still hold the service's own processes: a group number a stale record names may have
+    # been given to someone else's processes since (after a reboot, say).
+    markers = {service.ray_pid: service.temp_dir, service.mlflow_pid: service.store}
+    groups = [group for group, marker in markers.items() if _group_holds(group, marker)]
     for group in groups:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(group, signal.SIGTERM)
@@ -285,6 +323,21 @@ def _group_alive(group: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _group_holds(group: int, marker: str) -> bool:
+    """Whether a process of process group ``group`` has ``marker`` in its command line."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[2]) == group and marker.encode() in command:
+            return True
+    return False
 
 
 def _strays(temp_dir: str) -> list[int]:

@@ -164,6 +164,7 @@ class Tracker:
         warn: Callable[[str], None] | None = None,
         parent_run_id: str | None = None,
         curves: Curves,
+        store: str | None = None,
     ) -> None:
         self.spec, self.uri, self.workdir = spec, uri, workdir
         self.warn = warn or (lambda text: None)
@@ -189,6 +190,8 @@ class Tracker:
             self._create(artifact_root)
         root = workdir / sending.OUTBOX
         about = {"study": name, "tracking_uri": uri, "parent_run_id": self.parent_run_id}
+        if store is not None and store != uri:  # sent through tuner up's server: the store outlives it
+            about["store"] = store
         self.outbox = outbox.Outbox(outbox.new_directory(root), about)
         self.outbox.put({"op": "runs", "runs": {"parent": self.parent_run_id}})
         if parent_run_id is None:
