@@ -17,7 +17,8 @@ Workload W2: digits, an MLP with one hidden layer of 128 relu units, batch 64, a
 4. ``keras_tuner``: Keras Tuner's RandomSearch.
 
 Each runs in its own process tree; the parent measures wall seconds and peak memory (RSS summed over the
-tree, Ray's processes included), and for tuner the seconds to its first trial's result. Then: the fixed cost of
+tree, Ray's processes included), and for tuner the seconds to its first trial's result and the driver's CPU
+milliseconds per trial while trials run (``benchmarks/scale.py --profile`` shows where they go). Then: the fixed cost of
 a launch, cold and warm (a 1-trial x 1-epoch launch on iris, three times each, median); tuner's wall seconds per
 trial beyond the training itself (200 trials x 1 epoch on iris, tracking on), and how much a worker's memory
 grows over 100 trials; and ``many_trials.py``'s 200 sleeping trials. Everything is printed and written to
@@ -27,6 +28,7 @@ grows over 100 trials; and ``many_trials.py``'s 200 sleeping trials. Everything 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -179,7 +181,10 @@ def tuner_cli(*args: str) -> list[str]:
 
 def run_tuner(trials: int, epochs: int, workdir: str, dataset: str = "digits") -> dict[str, Any]:
     """``tuner launch`` in ``workdir`` (warm when ``tuner up`` runs there); the seconds to its first trial's
-    result are read off its progress lines as they come."""
+    result are read off its progress lines as they come, and the driver's CPU time at each (the launch process
+    alone: the trials run in Ray's worker processes), for its CPU time per trial while trials run."""
+    import psutil
+
     spec = Path(workdir) / "w2.yaml"
     spec.write_text(spec_text(trials, epochs, dataset))
     started = time.monotonic()
@@ -190,10 +195,13 @@ def run_tuner(trials: int, epochs: int, workdir: str, dataset: str = "digits") -
         stderr=subprocess.PIPE,
         text=True,
     )
-    lines = []
+    driver = psutil.Process(launch.pid)
+    lines, cpu = [], []
     for line in launch.stdout or ():
-        if first is None and line.startswith("["):  # [ 1/48] trial #0 complete ...
-            first = time.monotonic() - started
+        if line.startswith("["):  # [ 1/48] trial #0 complete ...
+            first = first or time.monotonic() - started
+            with contextlib.suppress(psutil.Error):
+                cpu.append(sum(driver.cpu_times()[:2]))
         lines.append(line)
     err = launch.stderr.read() if launch.stderr else ""
     if launch.wait() != 0:
@@ -203,7 +211,13 @@ def run_tuner(trials: int, epochs: int, workdir: str, dataset: str = "digits") -
 
     study = optuna.load_study(study_name="w2", storage=summary["storage"])
     epochs_run = sum(int(t.user_attrs.get("epochs", 0)) for t in study.trials)
-    return {"trials": len(study.trials), "epochs": epochs_run, "first_result_seconds": round(first or 0.0, 2)}
+    per_trial = (cpu[-1] - cpu[0]) / (len(cpu) - 1) * 1000 if len(cpu) > 1 else None
+    return {
+        "trials": len(study.trials),
+        "epochs": epochs_run,
+        "first_result_seconds": round(first or 0.0, 2),
+        "driver_cpu_ms_per_trial": None if per_trial is None else round(per_trial, 1),
+    }
 
 
 class Service:
@@ -385,12 +399,13 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"{report['date']}, {report['machine']}; {w['trials']} trials x {w['epochs']} epochs on {w['dataset']}",
         "",
-        "| runner | wall s | first result s | epochs | epochs/s | peak RSS MB | x Keras loop |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| runner | wall s | first result s | driver CPU ms/trial | epochs | epochs/s | peak RSS MB | x Keras loop |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, r in report["runs"].items():
         lines.append(
-            f"| {name} | {r['wall_seconds']} | {r.get('first_result_seconds', '')} | {r['epochs']} | "
+            f"| {name} | {r['wall_seconds']} | {r.get('first_result_seconds', '')} | "
+            f"{r.get('driver_cpu_ms_per_trial') or ''} | {r['epochs']} | "
             f"{r['epochs_per_second']} | {r['peak_rss_mb']} | {r.get('x_keras_loop', '')} |"
         )
     if "fixed_cost" in report:

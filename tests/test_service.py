@@ -8,6 +8,7 @@ import os
 import signal
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -39,6 +40,26 @@ def environment(pid: int) -> dict[str, str]:
     return dict(e.decode(errors="replace").partition("=")[::2] for e in entries if e)
 
 
+def refused_without_token(address: str) -> bool:
+    """Whether Ray refuses a driver that connects to ``address`` without the token: Ray retries for about 20 s
+    before it gives up, so the probe is stopped at the first refusal it logs (or a connection it makes)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    code = f"import ray; ray.init(address={address!r}, log_to_driver=False); print('connected', flush=True)"
+    probe = subprocess.Popen(
+        [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        for line in probe.stdout or ():
+            if "InvalidAuthToken" in line:
+                return True
+            if line.startswith("connected"):
+                return False
+        return False
+    finally:
+        probe.kill()
+        probe.wait()
+
+
 def test_up_serves_the_launches_of_its_work_directory_and_down_stops_it(tmp_path: Path) -> None:
     workdir = tmp_path / "work"
     up = tuner("up", "--workdir", str(workdir))
@@ -51,6 +72,7 @@ def test_up_serves_the_launches_of_its_work_directory_and_down_stops_it(tmp_path
         gcs = [p for p in service._strays(served.temp_dir) if "gcs_server" in Path(f"/proc/{p}/cmdline").read_text()]
         assert gcs and environment(gcs[0])["RAY_AUTH_MODE"] == "token"
         assert listening(int(served.mlflow_url.rsplit(":", 1)[1])) == {"0100007F"}  # 127.0.0.1
+        assert refused_without_token(served.ray_address)
 
         again = tuner("up", "--workdir", str(workdir))
         assert again.returncode == 0 and again.stdout.startswith("already up") and service.find(workdir) == served
@@ -97,6 +119,17 @@ def test_up_serves_the_launches_of_its_work_directory_and_down_stops_it(tmp_path
     assert not service._strays(served.temp_dir) and not Path(served.temp_dir).exists()
     assert not (workdir / ".tuner" / "service.json").exists() and not Path(served.token_path).exists()
     assert tuner("down", "--workdir", str(workdir)).stdout.startswith("no service is up")
+
+    # With the service down, a launch there runs cold on the same stores: into the experiment the service
+    # made, whose artifacts it can write, as a cold launch's own.
+    cold = tuner("launch", str(spec), "--workdir", str(workdir), "--json", "--trials", "1")
+    assert cold.returncode == 0, cold.stderr
+    after = json.loads(cold.stdout.strip().splitlines()[-1])
+    assert after["mlflow"]["tracking_uri"] == service.store_uri(workdir)
+    assert after["mlflow"]["experiment_id"] == summary["mlflow"]["experiment_id"]
+    runs = MlflowClient(service.store_uri(workdir)).search_runs([after["mlflow"]["experiment_id"]])
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 5  # the two launches' parents and 3 trials
+    assert len(list((workdir / "mlartifacts" / "served").rglob("iris.yaml"))) == 2
 
 
 SPEC = """
