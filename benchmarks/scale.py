@@ -68,10 +68,11 @@ def launch(trials: int, profile: Path | None = None) -> dict[str, Any]:
         tuner = str(Path(sys.executable).with_name("tuner"))
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
         started = time.monotonic()
+        errors = open(Path(workdir) / "stderr.txt", "w+")  # noqa: SIM115 (read below): a pipe could fill and stall
         child = subprocess.Popen(
             [tuner, "launch", str(spec), "--workdir", workdir, "--json"],
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=errors,
             text=True,
             env=env,
         )
@@ -81,7 +82,7 @@ def launch(trials: int, profile: Path | None = None) -> dict[str, Any]:
             spy = subprocess.Popen(
                 [str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(child.pid), "-f", "raw",
                  "--nolineno", "-r", str(PROFILE_RATE), "-o", str(profile)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
             )  # fmt: skip
         samples: list[tuple[float, int, float]] = []  # (seconds since start, driver RSS bytes, CPU seconds)
 
@@ -102,13 +103,15 @@ def launch(trials: int, profile: Path | None = None) -> dict[str, Any]:
             if line.startswith("["):  # [  1/1000] trial #0 complete ...
                 ended.append(time.monotonic() - started)
             lines.append(line)
-        err = child.stderr.read() if child.stderr else ""
+        errors.seek(0)
+        err = errors.read()
+        errors.close()
         if child.wait() != 0:
             raise SystemExit(f"tuner launch failed:\n{err[-3000:]}")
         wall = time.monotonic() - started
         sampler.join()
-        if spy is not None:
-            spy.wait(timeout=60)
+        if spy is not None and spy.wait(timeout=120) != 0:
+            raise SystemExit(f"py-spy could not sample the driver (exit {spy.returncode}; it needs ptrace rights)")
         summary = json.loads(lines[-1])
 
     def at(t: float) -> tuple[float, int, float]:
@@ -146,29 +149,47 @@ def launch(trials: int, profile: Path | None = None) -> dict[str, Any]:
 
 
 PROFILE_RATE = 50  # py-spy samples per second
-#: The frames the profile's summary names: tuner's, and the libraries it calls per trial.
-PROFILED = ("tuner/", "optuna/", "ray/tune/", "mlflow/")
+#: Where the driver's time goes: (what, the frame that starts it). A sample counts for each of these that is on
+#: its stack. tuner's own code is counted apart: samples whose innermost frame of tuner's or a library's is tuner's.
+POINTS = (
+    ("Tune's loop (all of the below that runs in it)", "TuneController.step"),
+    ("the searcher's suggestion (tuner's StudySearch.suggest)", "StudySearch.suggest"),
+    ("Optuna's ask", "Study.ask"),
+    ("TPE's sampling", "TPESampler._sample"),
+    ("Optuna reading trials back from the storage", "_CachedStorage._read_trials_from_remote_storage"),
+    ("Tune's handling of a result", "TuneController._schedule_trial_task.<locals>._on_result"),
+    ("Tune's experiment checkpoint", "TuneController.checkpoint"),
+    ("the outbox's thread (sending to MLflow)", "Outbox._loop"),
+    ("SQLAlchemy commits (Optuna's and MLflow's)", "Session.commit"),
+)
+LIBRARIES = ("optuna/", "ray/", "mlflow/", "sqlalchemy/", "numpy/", "pandas/", "pyarrow/", "click/", "matplotlib/")
 
 
-def profile_summary(path: Path, trials: int, top: int = 15) -> list[dict[str, Any]]:
-    """The functions (of :data:`PROFILED` modules) with the most driver time under them, in ms per trial.
+def profile_summary(path: Path, trials: int) -> list[dict[str, Any]]:
+    """The driver's time under each of :data:`POINTS`, in ms per trial (the whole launch's samples over its
+    trials, start and end included) and as a share of all samples (every thread that was not idle).
 
     py-spy's raw format is one line per distinct stack, ``frame;frame;...;frame COUNT``, each frame
-    ``function (module/file.py)``; a function's inclusive time counts each sample it is on the stack of once.
+    ``function (module/file.py)``.
     """
-    inclusive: dict[str, int] = {}
-    total = 0
+    under = dict.fromkeys((label for label, _ in POINTS), 0)
+    own = total = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not count.isdigit():
             continue
-        total += int(count)
-        for frame in set(stack.split(";")):
-            if any(f"({m}" in frame for m in PROFILED):
-                inclusive[frame] = inclusive.get(frame, 0) + int(count)
-    ranked = sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]
+        frames, n = stack.split(";"), int(count)
+        total += n
+        for label, start in POINTS:
+            if any(frame.startswith(f"{start} (") for frame in frames):
+                under[label] += n
+        ours = [f for f in frames if "(tuner/" in f or any(f"({lib}" in f for lib in LIBRARIES)]
+        if ours and "(tuner/" in ours[-1]:
+            own += n
+    under["tuner's own code, with the standard library it calls"] = own
     ms = 1000 / PROFILE_RATE / trials
-    return [{"function": f, "ms_per_trial": round(n * ms, 1), "share": round(n / total, 3)} for f, n in ranked]
+    share = 1 / max(total, 1)
+    return [{"what": k, "ms_per_trial": round(v * ms, 1), "share": round(v * share, 3)} for k, v in under.items()]
 
 
 # --------------------------------------------------------------------------------------------- the sampler
@@ -254,13 +275,14 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("profile"):
         lines += [
             "",
-            "Driver profile (py-spy, threads not idle): the functions with the most time under them",
+            "Driver profile (py-spy, every thread that is not idle; the launch above ran under it, so its times"
+            " are a little longer than without):",
             "",
-            "| function | ms per trial | share |",
+            "| where | ms per trial | share of samples |",
             "| --- | ---: | ---: |",
         ]
         for row in report["profile"]:
-            lines.append(f"| `{row['function']}` | {row['ms_per_trial']} | {row['share']:.0%} |")
+            lines.append(f"| {row['what']} | {row['ms_per_trial']} | {row['share']:.0%} |")
     return "\n".join(lines) + "\n"
 
 
@@ -276,6 +298,8 @@ def main() -> None:
     report: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "machine": machine()}
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"launching {args.trials} trials ...", flush=True)
+    # A profiled run is slowed by its sampling: its report has files of its own, beside the plain run's.
+    stem = "scale-profiled" if args.profile else "scale"
     profile = args.out / "scale-profile.txt" if args.profile else None
     report["launch"] = launch(args.trials, profile)
     if profile is not None:
@@ -284,9 +308,9 @@ def main() -> None:
     if not args.skip_sampler:
         print("timing the samplers' asks ...", flush=True)
         report["sampler_ms_per_ask"] = {n: per_window(sampler_times(args.trials, n)) for n in ("tpe", "random")}
-    (args.out / "scale.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     text = markdown(report)
-    (args.out / "scale.md").write_text(text)
+    (args.out / f"{stem}.md").write_text(text)
     print(text)
 
 

@@ -1,7 +1,7 @@
 """Search quality per budget: how good a configuration a given number of training epochs buys.
 
     pip install -e '.[bench]'
-    python benchmarks/search_quality.py                     # about 40 minutes on 2 cores
+    python benchmarks/search_quality.py                     # about 75 minutes on 2 cores
     python benchmarks/search_quality.py --seeds 2 --datasets breast_cancer --budgets 100,200   # a quick look
     python benchmarks/search_quality.py --runners keras_tuner --out /tmp/kt &   # Keras Tuner uses no Ray: it
     python benchmarks/search_quality.py --runners tuner_default,tuner_random,ray_optuna_asha --out /tmp/rest
@@ -48,6 +48,9 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 RUNNERS = ("tuner_default", "tuner_random", "keras_tuner", "ray_optuna_asha")
+#: Changes to tuner's defaults, tried as ``--runners tuner_default:NAME`` (with ``--first-seed 5``, on seeds
+#: other than the table's, so that a choice among them is not fitted to it).
+VARIANTS = {"grace1": "pruning.grace_epochs: 1", "startup5": "TPE with 5 random startup trials instead of 10"}
 BASELINE = "tuner_random"
 OPTIMIZERS = {"sgd": ("momentum", 0.0, 0.95), "rmsprop": ("rho", 0.8, 0.99), "adam": ("beta_1", 0.8, 0.99)}
 LR = (1e-4, 1.0)
@@ -66,22 +69,26 @@ Curve = list[float | None]  # one trial's val_loss per epoch it trained (None: n
 
 
 def tuner_spec(runner: str, dataset: str, seed: int, budget: int) -> dict[str, Any]:
+    runner, _, variant = runner.partition(":")
     lr = {"low": LR[0], "high": LR[1], "log": True}
     optimizers = {
         name: {"learning_rate": lr, key: {"low": low, "high": high}} for name, (key, low, high) in OPTIMIZERS.items()
     }
     doc: dict[str, Any] = {
-        "study": {"name": f"{runner}-{dataset}-{seed}", "concurrency": 2, "seed": seed},
+        "study": {"name": f"{runner}-{variant}-{dataset}-{seed}", "concurrency": 2, "seed": seed},
         "data": {"dataset": dataset},
         "model": {"layers": 1, "units": UNITS, "activation": "relu"},
         "training": {"epochs": EPOCHS, "batch_size": BATCH},
         "optimizers": optimizers,
     }
     if runner == "tuner_random":
-        doc["study"].update(sampler="random", trials=math.ceil(budget / EPOCHS))
+        # Two spare trials: a trial whose loss turns NaN stops early, and the run must still spend the budget.
+        doc["study"].update(sampler="random", trials=math.ceil(budget / EPOCHS) + 2)
         doc["pruning"] = {"scheduler": "none", "divergence": False}
     else:
         doc["study"]["trials"] = pruned_trials(budget)
+    if variant == "grace1":
+        doc["pruning"] = {"grace_epochs": 1}
     return doc
 
 
@@ -92,6 +99,15 @@ def run_tuner(runner: str, dataset: str, seeds: list[int], budget: int, workdir:
     from tuner import run_study
     from tuner.spec import parse_spec
 
+    if runner.endswith(":startup5"):  # this process's registry of samplers: a variant of tuner's TPE
+        from tuner import plugins
+
+        def startup5(seed: int) -> optuna.samplers.BaseSampler:
+            return optuna.samplers.TPESampler(
+                seed=seed, multivariate=True, group=True, constant_liar=True, n_startup_trials=5
+            )
+
+        plugins.SAMPLERS["tpe"] = plugins.Sampler("tpe", VARIANTS["startup5"], startup5)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     out = {}
     for seed in seeds:
@@ -173,7 +189,7 @@ def run_ray(dataset: str, seeds: list[int], budget: int, workdir: str) -> dict[s
         sampler = optuna.samplers.TPESampler(seed=seed)
         search = OptunaSearch(optuna_space, metric="val_loss", mode="min", sampler=sampler)
         scheduler = ASHAScheduler(time_attr="epoch", max_t=EPOCHS, grace_period=2, reduction_factor=3)
-        tuner = tune.Tuner(
+        peer = tune.Tuner(
             tune.with_parameters(ray_trainable, data=arrays(dataset, seed)),
             tune_config=tune.TuneConfig(
                 metric="val_loss", mode="min", search_alg=search, scheduler=scheduler,
@@ -181,7 +197,7 @@ def run_ray(dataset: str, seeds: list[int], budget: int, workdir: str) -> dict[s
             ),
             run_config=tune.RunConfig(storage_path=workdir, name=f"{dataset}-{seed}", verbose=0),
         )  # fmt: skip
-        results = tuner.fit()
+        results = peer.fit()
         frames = [r.metrics_dataframe for r in results if r.metrics_dataframe is not None and len(r.metrics_dataframe)]
         frames.sort(key=lambda f: float(f["started"].iloc[0]))
         out[str(seed)] = [[_finite(v) for v in f.sort_values("epoch")["val_loss"]] for f in frames]
@@ -226,6 +242,11 @@ def keras_tuner_curves(dataset: str, seed: int, budget: int, workdir: str) -> li
     return curves
 
 
+def rounded(seeds: dict[str, list[Curve]]) -> dict[str, list[Curve]]:
+    """Curves at 4 decimals: plenty for a loss, and what a report keeps for ``--merge``."""
+    return {seed: [[None if v is None else round(v, 4) for v in c] for c in curves] for seed, curves in seeds.items()}
+
+
 def _finite(value: Any) -> float | None:
     return float(value) if value is not None and math.isfinite(float(value)) else None
 
@@ -246,8 +267,8 @@ def spent(curves: list[Curve]) -> list[float]:
 
 def best_within(curves: list[Curve], budget: int) -> float | None:
     trace = spent(curves)
-    if len(trace) < budget:
-        return None  # the run did not spend the budget: no figure rather than a flattering one
+    if len(trace) < budget or not math.isfinite(trace[budget - 1]):
+        return None  # the run did not spend the budget (or found no finite loss): no figure rather than a guess
     return trace[budget - 1]
 
 
@@ -322,7 +343,11 @@ def machine() -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     seeds = report["seeds"]
-    lines = [f"{report['date']}, {report['machine']}; {seeds} seeds, at most {EPOCHS} epochs a trial", ""]
+    first = report.get("first_seed", 0)
+    lines = [
+        f"{report['date']}, {report['machine']}; seeds {first} to {first + seeds - 1}, at most {EPOCHS} epochs a trial",
+        "",
+    ]
     for dataset, result in report["datasets"].items():
         lines += [
             f"**{dataset}**: best val_loss within the budget, median over seeds [min, max]; epochs to reach "
@@ -336,17 +361,21 @@ def markdown(report: dict[str, Any]) -> str:
             for row in result["table"].values():
                 r = row[runner]
                 best = "n/a" if r["median"] is None else f"{r['median']:.4f} [{r['min']:.4f}, {r['max']:.4f}]"
-                reach = "" if r["epochs_to_baseline"] is None else f"{r['epochs_to_baseline']:.0f}"
-                cells.append(f"{best} | {reach} ({r['reached_baseline']})")
+                if r["median"] is not None and r["seeds"] < seeds:
+                    best += f" ({r['seeds']} seeds)"
+                reach = "" if r["epochs_to_baseline"] is None else f"{r['epochs_to_baseline']:.0f} "
+                counted = f"({r['reached_baseline']})" if r["reached_baseline"] != "0/0" else ""  # no baseline run
+                cells.append(f"{best} | {reach}{counted}")
             lines.append(f"| {runner} | " + " | ".join(cells) + " |")
         wall = ", ".join(f"{k} {v:.0f} s" for k, v in result["wall_seconds"].items())
-        lines += ["", f"Wall time for all seeds: {wall}.", ""]
+        lines += ["", f"Wall time for all seeds: {wall}.", ""] if wall else [""]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--budgets", default="200,600", help="comma-separated epoch budgets")
     parser.add_argument("--datasets", default="digits,breast_cancer")
     parser.add_argument("--runners", default=",".join(RUNNERS), help="comma-separated subset of " + ", ".join(RUNNERS))
@@ -365,13 +394,18 @@ def main() -> None:
         return
 
     budgets = sorted(int(b) for b in args.budgets.split(","))
-    seeds = list(range(args.seeds))
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    for runner in filter(None, args.runners.split(",")):
+        base, _, variant = runner.partition(":")
+        if base not in RUNNERS or (variant and (base != "tuner_default" or variant not in VARIANTS)):
+            parser.error(f"--runners: {runner!r} is none of {', '.join(RUNNERS)} (tuner_default:{'|'.join(VARIANTS)})")
     report: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "seeds": args.seeds}
+    report["first_seed"] = args.first_seed
     report["budgets"], report["datasets"] = budgets, {}
     earlier = [json.loads(path.read_text()) for path in args.merge]
     for old in earlier:
-        if old["seeds"] != args.seeds or old["budgets"] != budgets:
-            parser.error(f"--merge: a report of {old['seeds']} seeds and budgets {old['budgets']}")
+        if (old["seeds"], old.get("first_seed", 0), old["budgets"]) != (args.seeds, args.first_seed, budgets):
+            parser.error(f"--merge: a report of other seeds or budgets ({old['seeds']} seeds, {old['budgets']})")
     for dataset in args.datasets.split(","):
         runs, wall = {}, {}
         for old in earlier:
@@ -381,16 +415,11 @@ def main() -> None:
         for runner in filter(None, args.runners.split(",")):
             print(f"running {runner} on {dataset}, {len(seeds)} seeds ...", flush=True)
             runs[runner], wall[runner] = measure(runner, dataset, seeds, budgets[-1])
-        runs = {name: runs[name] for name in RUNNERS if name in runs}  # the table's order
+        # The table's order; curves at 4 decimals (as kept for --merge), so merged and new runs score alike.
+        order = sorted(runs, key=lambda name: (RUNNERS.index(name.partition(":")[0]), name))
+        runs = {name: rounded(runs[name]) for name in order}
         report["datasets"][dataset] = {"table": score(runs, budgets), "wall_seconds": wall, "curves": runs}
     args.out.mkdir(parents=True, exist_ok=True)
-    for result in report["datasets"].values():  # the curves, kept for --merge: 4 decimals are plenty
-        result["curves"] = {
-            runner: {
-                seed: [[None if v is None else round(v, 4) for v in c] for c in curves] for seed, curves in runs.items()
-            }
-            for runner, runs in result["curves"].items()
-        }
     (args.out / "search_quality.json").write_text(json.dumps(report) + "\n")
     text = markdown(report)
     (args.out / "search_quality.md").write_text(text)

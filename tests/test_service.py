@@ -9,6 +9,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -48,6 +49,8 @@ def refused_without_token(address: str) -> bool:
     probe = subprocess.Popen(
         [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
+    deadline = threading.Timer(90, probe.kill)  # neither line within 90 s: not refused as it should be
+    deadline.start()
     try:
         for line in probe.stdout or ():
             if "InvalidAuthToken" in line:
@@ -56,6 +59,7 @@ def refused_without_token(address: str) -> bool:
                 return False
         return False
     finally:
+        deadline.cancel()
         probe.kill()
         probe.wait()
 
