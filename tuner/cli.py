@@ -292,8 +292,8 @@ def ui(port: int, host: str, workdir: str, tracking_uri: str | None) -> None:
     root = Path(workdir).resolve()
     uri = resolve_tracking_uri(tracking_uri, root)
     served = service.find(root)
-    if served is not None and uri == served.store:  # tuner up's server serves this store already
-        uri = served.mlflow_url
+    if served is not None:  # tuner up's server, when it serves this store already
+        uri = served.url_for(uri)
     if uri.startswith(("http://", "https://")):
         for name, experiment in study_experiments(uri):
             click.echo(f"{name}: {experiment_url(ui_url(uri), experiment)}")

@@ -300,8 +300,8 @@ def _locate(options: RunOptions) -> _Stores:
     address = options.address or os.environ.get("RAY_ADDRESS") or (served.ray_address if served else None)
     # Through the service's server, unless Ray Client runs the loop on a cluster's head, which cannot reach
     # this machine's loopback any more than its files.
-    through = served is not None and store == served.store and not (address or "").startswith("ray://")
-    tracking_uri = served.mlflow_url if through and served is not None else store
+    through = served is not None and not (address or "").startswith("ray://")
+    tracking_uri = served.url_for(store) if through and served is not None else store
     tracking.check_reachable(tracking_uri)
     _check_remote_driver(address, storage_url, store)
     return _Stores(workdir, storage_url, tracking_uri, store, address)

@@ -157,7 +157,7 @@ def _destination(about: dict[str, Any], workdir: Path) -> str:
     if not store:
         return str(about["tracking_uri"])
     served = service.find(workdir)
-    return served.mlflow_url if served is not None and served.store == store else str(store)
+    return served.url_for(str(store)) if served is not None else str(store)
 
 
 def _check_holds(client: MlflowClient, uri: str, about: dict[str, Any]) -> None:

@@ -85,6 +85,11 @@ class Service:
     mlflow_pid: int
     temp_dir: str
 
+    def url_for(self, store: str) -> str:
+        """Where records for the MLflow ``store`` go: this service's server when it serves that store (it
+        holds the store open, and a launch skips opening it), else the store itself."""
+        return self.mlflow_url if store == self.store else store
+
 
 def _record(workdir: Path) -> Path:
     return workdir / SERVICE_DIR / "service.json"
