@@ -93,7 +93,34 @@ SYNTHETIC: list[tuple[str, list[float], list[float], float | None, str | None, s
     ),
     ("stuck, best known", [2.4, 1.9, 1.85, 1.86, 1.85, 1.851, 1.852, 1.85], [], 0.1, None, "plateau"),
     ("one epoch", [2.3], [], 0.1, None, "good"),
-    ("overfits", [1.0 / (t + 1) ** 2 for t in range(12)], [0.3] * 12, 0.1, None, "good"),
+    ("validation flat while training falls", [1.0 / (t + 1) ** 2 for t in range(12)], [0.3] * 12, 0.1, None, "good"),
+    # The two curves of issue #13 the earlier rules read as good: Adam at lr 0.1 on digits, whose loss falls
+    # to 0.61 and climbs back to 1.54; Adam at lr 0.03, whose validation loss rises while its loss falls.
+    (
+        "gives back its way down",
+        [2.47, 1.8, 1.3, 0.95, 0.75, 0.61, 0.62, 1.2, 1.5, 1.54],
+        [2.7, 2.2, 1.7, 1.4, 1.19, 1.3, 2.4, 3.9, 5.0, 5.66],
+        None,
+        None,
+        "oscillating",
+    ),
+    (
+        "overfits",
+        [0.9, 0.3, 0.15, 0.08, 0.05, 0.035, 0.025, 0.018, 0.014, 0.012],
+        [0.5, 0.36, 0.33, 0.35, 0.38, 0.42, 0.45, 0.48, 0.51, 0.54],
+        0.1,
+        None,
+        "overfitting",
+    ),
+    (
+        "validation up in its last epoch only",
+        [1.0 / (t + 1) for t in range(10)],
+        [*[0.5 - 0.03 * t for t in range(9)], 0.6],
+        None,
+        None,
+        "good",
+    ),
+    ("a rise far below the fall", [2.5, 1.0, 0.5, 0.3, 0.2, 0.15, 0.12, 0.1, 0.2, 0.3], [], None, None, "good"),
     ("wiggles near zero", [0.6, 0.02, 1e-4, 2e-4, 1e-4, 3e-4, 1e-4, 2e-4, 1e-4], [], None, None, "good"),
 ]
 
@@ -119,10 +146,25 @@ def test_the_recorded_curves_are_read_as_a_person_reads_them() -> None:
     figure = f"checked against {len(RECORDED)} curves", f"they agree on {agree} ({round(100 * agree / len(RECORDED))}%)"
     stated = " ".join((ROOT / "README.md").read_text().split())  # the figure may wrap at any space
     assert all(part in stated for part in figure), (figure, wrong)
-    # Every label the recordings hold is recognised most of the time, not only the common ones.
+    # Every label the recordings hold is recognised most of the time, not only the common ones, and the
+    # README's table says how often.
     for label, n in Counter(c["label"] for c in RECORDED).items():
         missed = sum(1 for _, expected, _ in wrong if expected == label)
         assert missed / n <= 0.25, (label, wrong)
+        assert f"| `{label}` | {n} | {n - missed} |" in stated, (label, n, n - missed)
+
+
+def test_the_issue_13_curves_are_read_as_a_person_reads_them() -> None:
+    """On the learning-rate grid (digits, 10 epochs), Adam at lr 0.1 climbs back up and Adam at lr 0.03
+    overfits: the rules before issue #13 read both as good."""
+    grid = {c["source"]: c for c in RECORDED if c["source"].startswith("digits seed 0: adam") and "grid" in c["source"]}
+
+    def label(rate: str) -> str:
+        c = grid[f"digits seed 0: adam {{'learning_rate': {rate}}}, grid"]
+        return diagnose(curve(c["loss"]), curve(c["val_loss"]), best_val_loss=c["best_val_loss"])
+
+    assert label("0.1") not in ("good", "overfitting")
+    assert label("0.03") == "overfitting"
 
 
 # -- end to end

@@ -3,7 +3,8 @@
 - :class:`Divergence`: the rule a trainer applies to its own loss (NaN/inf at once, inside the epoch; a loss
   ``max_ratio`` times its first measured loss for ``patience`` epochs).
 - :func:`make_scheduler`: Ray Tune's ASHA, (asynchronous) Hyperband or median stopping, over epochs.
-- :func:`diagnose`: a label for a finished or stopped curve: diverged, oscillating, too_slow, plateau or good.
+- :func:`diagnose`: a label for a finished or stopped curve: diverged, oscillating, overfitting, too_slow,
+  plateau or good.
 
 The trainer (on a worker) uses the rule, the driver the rest; neither imports TensorFlow here.
 """
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = ["LABELS", "Divergence", "diagnose", "finite_only", "make_scheduler"]
 
-LABELS = ("diverged", "oscillating", "too_slow", "plateau", "good")
+LABELS = ("diverged", "oscillating", "overfitting", "too_slow", "plateau", "good")
 
 #: A rise of the training loss by more than this fraction from one epoch to the next counts as a swing,
 #: if it is also more than SWING_FLOOR of the curve's first value (wiggles near zero loss are not swings).
@@ -35,6 +36,12 @@ SWING = 0.10
 SWING_FLOOR = 0.005
 #: A curve oscillates with at least this many swings (and a fifth of its steps), one in its second half.
 MIN_SWINGS = 3
+#: Unstable: a training loss that ends having given back more than this fraction of its way down (from its
+#: first value to its lowest) has been thrown out of its minimum by too large a step.
+GIVE_BACK = 0.25
+#: Overfitting: a validation loss that ends more than this fraction above its own lowest, while the training
+#: loss has gone on falling since.
+OVERFIT = 0.25
 #: "Far from the best trials": a validation loss above this many times the best the others had at that epoch.
 FAR = 2.0
 #: Without other trials to compare with, a curve is far if it has not made this much of its way down.
@@ -168,20 +175,24 @@ def diagnose(
     stop_reason: str | None = None,
     best_val_loss: float | None = None,
 ) -> str:
-    """Label a training-loss curve (one value per epoch) as a person reads it after the lecture on
-    learning rates. The first rule that holds wins:
+    """Label a finished or stopped trial's curves (one value per epoch) as a person reads them after the lecture
+    on learning rates. The first rule that holds wins:
 
     1. ``diverged``: the divergence rule stopped it, a value is NaN/inf, or the loss rose to 10x its first.
-    2. ``oscillating``: the loss goes up and down without settling: at least 3 rises of more than 10%
-       from one epoch to the next (and in a fifth of the steps), one of them in the second half.
-       A rise counts if it is also more than 0.5% of the first loss: wiggles near zero are not swings.
-    3. ``too_slow``: still descending steadily at the end (every step of the last third lower), still
+    2. ``oscillating``: the learning rate is too large for the loss to settle. Either the loss goes up and
+       down: at least 3 rises of more than 10% from one epoch to the next (and in a fifth of the steps), one
+       of them in the second half; a rise counts if it is also more than 0.5% of the first loss, so that
+       wiggles near zero are not swings. Or it ends having given back more than a quarter of its way down
+       (from its first value to its lowest), and more than 10% of its lowest.
+    3. ``overfitting``: the validation loss ends more than 25% above its own lowest (and by more than 0.5% of
+       its first), while the training loss has gone on falling since that lowest epoch.
+    4. ``too_slow``: still descending steadily at the end (every step of the last third lower), still
        underfitting (training loss at least half the validation loss), and far from the best trials (a
        validation loss above 2x the lowest other trials had at the same epoch; with none to compare,
        less than half of its starting loss gone): the learning rate is probably too small.
-    4. ``plateau``: stuck at a high loss: not descending at the end, the second half within 5%, and
+    5. ``plateau``: stuck at a high loss: not descending at the end, the second half within 5%, and
        far from the best trials as above.
-    5. ``good``: none of these. A curve of a single epoch has no shape: it is ``diverged`` or ``good``.
+    6. ``good``: none of these. A curve of a single epoch has no shape: it is ``diverged`` or ``good``.
 
     Args:
         loss: training loss per epoch.
@@ -209,9 +220,14 @@ def diagnose(
     ]
     if len(swings) >= max(MIN_SWINGS, 0.2 * steps) and swings[-1] >= len(values) / 2:
         return "oscillating"
+    lowest = min(values)
+    if last - lowest > max(GIVE_BACK * (first - lowest), SWING * lowest, floor):
+        return "oscillating"
+    validation = [v for v in val_loss if math.isfinite(v)] or values
+    if len(validation) == len(values) and _overfits(values, validation):
+        return "overfitting"
     tail = min(steps, max(2, len(values) // 3))
     descending = all(values[i] < values[i - 1] for i in range(len(values) - tail, len(values)))
-    validation = [v for v in val_loss if math.isfinite(v)] or values
     if best_val_loss is not None:
         far = validation[-1] > FAR * best_val_loss
     else:
@@ -224,3 +240,11 @@ def diagnose(
     if not descending and flat and far:
         return "plateau"
     return "good"
+
+
+def _overfits(loss: Sequence[float], val_loss: Sequence[float]) -> bool:
+    """Whether the validation loss ends well above its own lowest while the training loss went on falling."""
+    best = min(range(len(val_loss)), key=val_loss.__getitem__)
+    end = min(val_loss[-2:])  # above in both of the last two epochs: one noisy epoch is not a trend
+    rise = end - val_loss[best]
+    return rise > OVERFIT * val_loss[best] and rise > SWING_FLOOR * abs(val_loss[0]) and loss[-1] < loss[best]

@@ -41,6 +41,7 @@ DIAGNOSIS_COLORS = {
     "too_slow": "tab:blue",
     "plateau": "tab:purple",
     "oscillating": "tab:orange",
+    "overfitting": "tab:brown",
     "diverged": "tab:red",
 }
 

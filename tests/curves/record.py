@@ -12,6 +12,12 @@ SEED`` records the settings of ``STALLING`` instead: deeper networks whose train
 that saturate, ReLUs a huge first step has killed). ``recorded.json`` holds them for digits seed 0, wine seed 1
 and breast_cancer seed 2, labelled by eye as the others were, before the rules ran on them; their
 best_val_loss is that of the same dataset and seed's first set.
+
+``python tests/curves/record.py --grid DATASET SEED`` records issue #13's grid: 17 learning rates per optimizer
+from 1e-6 to 1e5, no momentum, 10 epochs, with the default divergence rule a study applies (each curve keeps its
+``stop_reason``). ``recorded.json`` holds it for digits seeds 0 and 1, wine seed 1 and breast_cancer seed 2,
+labelled by eye before the rules for ``overfitting`` and a loss that climbs back ran on them, less the rates the
+divergence rule stopped in their first epoch.
 """
 
 from __future__ import annotations
@@ -34,6 +40,13 @@ SETTINGS: list[tuple[str, dict[str, Any]]] = [
     ("sgd", {"learning_rate": 3.0}),
 ]
 
+#: The grid of issue #13: 17 learning rates per optimizer from 1e-6 to 1e5, no momentum, 10 epochs. It holds
+#: the curves a learning rate spoils late (Adam at 0.1 climbs back up) and the ones that overfit.
+GRID_RATES = (1e-6, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0, 1e3, 1e4, 1e5)
+GRID: list[tuple[str, dict[str, Any]]] = [
+    (name, {"learning_rate": lr}) for name in ("sgd", "rmsprop", "adam") for lr in GRID_RATES
+]
+
 
 #: Settings whose training stalls, as (architecture, optimizer, hyperparameters): the source of the plateaus.
 STALLING: list[tuple[dict[str, Any], str, dict[str, Any]]] = [
@@ -44,26 +57,43 @@ STALLING: list[tuple[dict[str, Any], str, dict[str, Any]]] = [
 ]
 
 
-def record(dataset: str, seed: int, epochs: int = 15, *, stalling: bool = False) -> list[dict[str, Any]]:
+def record(
+    dataset: str, seed: int, epochs: int = 15, *, stalling: bool = False, grid: bool = False
+) -> list[dict[str, Any]]:
     from tuner import engine
     from tuner.data import load_dataset
+    from tuner.pruning import Divergence
     from tuner.spec import parse_spec
 
     data = load_dataset(parse_spec({"data": {"dataset": dataset}, "optimizers": {"sgd": {}}}).data, seed=seed)
     plain = {"layers": 1, "activation": "relu"}
-    settings = STALLING if stalling else [(plain, name, params) for name, params in SETTINGS]
+    settings = STALLING if stalling else [(plain, name, params) for name, params in (GRID if grid else SETTINGS)]
+    # The grid trains as a study does, with the default divergence rule, and keeps its stop reason: a rate
+    # that blows the loss up in its first epoch is stopped there, and read as diverged for that reason.
+    rule = (lambda: Divergence(max_ratio=10.0, patience=1)) if grid else (lambda: None)
     curves = []
     for architecture, name, params in settings:
         history: list[dict[str, Any]] = []
         config = {"optimizer": name, name: params, "units": 128, **architecture}
         config.update(dropout=0.0, batch_size=64, epochs=epochs, seed=seed)
-        engine.train(data, config, lambda metrics, net, into=history: into.append(metrics))
+        engine.train(data, config, lambda metrics, net, into=history: into.append(metrics), rule())
         loss = [h["loss"] if h["loss"] is not None else math.nan for h in history]
         val = [h["val_loss"] if h["val_loss"] is not None else math.nan for h in history]
         source = f"{dataset} seed {seed}: {name} {params}"
         if stalling:
             source += f" {architecture['layers']} x 128 {architecture['activation']}"
-        curves.append({"source": source, "loss": loss, "val_loss": val, "label": ""})
+        if grid:
+            source += ", grid"
+        reason = history[-1].get("stop_reason") if grid else None
+        curves.append(
+            {
+                "source": source,
+                "loss": loss,
+                "val_loss": val,
+                "label": "",
+                **({"stop_reason": reason} if reason else {}),
+            }
+        )
     return curves
 
 
@@ -78,11 +108,12 @@ def plot(path: str) -> None:
     cols = 6
     rows = math.ceil(len(curves) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.4 * rows))
-    for ax, c in zip(axes.flat, curves, strict=False):
+    for i, (ax, c) in enumerate(zip(axes.flat, curves, strict=False)):
         ax.plot(range(1, len(c["loss"]) + 1), c["loss"], label="loss")
         ax.plot(range(1, len(c["val_loss"]) + 1), c["val_loss"], label="val")
         ax.set_yscale("log")
-        ax.set_title(f"{c['source']}\n{c['label']}", fontsize=6)
+        reason = f" ({c['stop_reason']})" if c.get("stop_reason") else ""
+        ax.set_title(f"{i}: {c['source']}\n{c['label']}{reason}", fontsize=6)
     fig.tight_layout()
     fig.savefig(path.replace(".json", ".png"))
 
@@ -92,5 +123,7 @@ if __name__ == "__main__":
         plot(sys.argv[2])
     elif sys.argv[1:2] == ["--stalling"]:
         json.dump(record(sys.argv[2], int(sys.argv[3]), stalling=True), sys.stdout, indent=1)
+    elif sys.argv[1:2] == ["--grid"]:
+        json.dump(record(sys.argv[2], int(sys.argv[3]), epochs=10, grid=True), sys.stdout, indent=1)
     else:
         json.dump(record(sys.argv[1], int(sys.argv[2])), sys.stdout, indent=1)
