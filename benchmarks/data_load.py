@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -27,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from common import machine
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -92,11 +92,6 @@ def measure(spec: Path, baseline: str | None, repeat: int) -> dict[str, Any]:
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
     best = min(runs, key=lambda r: r["total_seconds"])
     return {**best, "runs": [r["total_seconds"] for r in runs]}
-
-
-def machine() -> str:
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{platform.machine()}, {os.cpu_count()} CPUs, {memory:.0f} GiB, Python {platform.python_version()}"
 
 
 def main() -> None:

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import optuna
+from common import machine
 
 from tuner import run_study
 from tuner.spec import parse_spec
@@ -57,11 +56,6 @@ def run(trials: int, epochs: int, pruning: dict[str, Any], name: str) -> dict[st
         "best_params": None if best is None else best.params,
         "wall_seconds": round(wall, 1),
     }
-
-
-def machine() -> str:
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{platform.machine()}, {os.cpu_count()} CPUs, {memory:.0f} GiB, Python {platform.python_version()}"
 
 
 def main() -> None:

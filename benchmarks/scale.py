@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from common import machine
 
 HERE = Path(__file__).resolve().parent
 WINDOW = 100
@@ -233,11 +234,6 @@ def per_window(times: list[float]) -> list[float]:
 
 
 # --------------------------------------------------------------------------------------------- report
-
-
-def machine() -> str:
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{platform.machine()}, {os.cpu_count()} CPUs, {memory:.0f} GiB, Python {platform.python_version()}"
 
 
 def markdown(report: dict[str, Any]) -> str:

@@ -36,7 +36,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,8 @@ import time
 import zlib
 from pathlib import Path
 from typing import Any
+
+from common import machine
 
 HERE = Path(__file__).resolve().parent
 RUNNERS = ("tuner_default", "tuner_random", "keras_tuner", "ray_optuna_asha")
@@ -334,11 +335,6 @@ def measure(runner: str, dataset: str, seeds: list[int], budget: int) -> tuple[d
     # Ray's raylet prints its warnings to the driver's stdout too: the result is the last JSON line.
     line = [x for x in done.stdout.splitlines() if x.startswith("{")][-1]
     return json.loads(line), time.monotonic() - started
-
-
-def machine() -> str:
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{platform.machine()}, {os.cpu_count()} CPUs, {memory:.0f} GiB, Python {platform.python_version()}"
 
 
 def markdown(report: dict[str, Any]) -> str:

@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -39,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from common import machine
 
 HERE = Path(__file__).resolve().parent
 RUNNERS = ("tuner", "tuner_warm", "keras_loop", "ray_optuna", "keras_tuner")
@@ -295,11 +296,6 @@ def measure(args: list[str]) -> dict[str, Any]:
         raise SystemExit(f"{' '.join(args)} failed:\n{err[-3000:]}")
     result = json.loads(out.strip().splitlines()[-1])
     return {**result, "wall_seconds": round(wall, 2), "peak_rss_mb": round(peak / 2**20)}
-
-
-def machine() -> str:
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{platform.machine()}, {os.cpu_count()} CPUs, {memory:.0f} GiB, Python {platform.python_version()}"
 
 
 def child(name: str, trials: int, epochs: int, dataset: str, served: str | None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import subprocess
 from pathlib import Path
@@ -56,6 +57,8 @@ def check_study_records(client: MlflowClient, summary: dict[str, Any], epochs: i
         number = int(child.data.tags["optuna.trial_number"])
         assert child.info.run_name == f"trial-{number:03d}-{chosen}"
         assert child.data.tags["seed"].isdigit() and child.data.tags["ray.trial_id"]
+        # The training data is each run's input: the runs table's Dataset column.
+        assert [d.dataset.name for d in child.inputs.dataset_inputs] == ["digits"]
         if child.data.tags["state"] == "complete":
             assert child.info.status == "FINISHED"
             history = client.get_metric_history(child.info.run_id, "val_loss")
@@ -107,23 +110,39 @@ def test_a_launch_records_the_study_in_the_local_store(optimizers_launch: tuple[
     assert (workdir / "mlartifacts").is_dir() and not (Path.cwd() / "mlruns").exists()
 
 
-def test_the_best_model_reloads_and_reproduces_its_val_loss(
+def test_the_best_model_is_an_mlflow_model_that_takes_raw_rows(
     optimizers_launch: tuple[Path, dict], tmp_path: Path
 ) -> None:
-    import keras
+    """The best model loads with ``mlflow.pyfunc`` from its URI, takes rows as the data has them (not
+    standardised), reproduces the best trial's val_loss, returns the class labels with the probabilities,
+    carries a signature and an input example, and is a logged model of the experiment (its Models view)."""
+    import numpy as np
 
     _, summary = optimizers_launch
     runs = summary["mlflow"]
-    assert runs["model_uri"] == f"runs:/{runs['parent_run_id']}/best_model/model.keras"
+    assert runs["model_uri"] == f"runs:/{runs['parent_run_id']}/best_model"
     # Fetch it with an explicit tracking URI: mlflow.set_tracking_uri would leak into later tests' env.
     local = mlflow.artifacts.download_artifacts(
         runs["model_uri"], tracking_uri=runs["tracking_uri"], dst_path=str(tmp_path)
     )
-    net = keras.models.load_model(local)
+    model = mlflow.pyfunc.load_model(local)
     spec = load_spec(ROOT / "search_spaces" / "optimizers.yaml")
     data = load_dataset(spec.data, seed=spec.study.seed)
-    loss = net.evaluate(data.x_val, data.y_val, verbose=0, return_dict=True)["loss"]
-    assert loss == pytest.approx(summary["best"]["value"], rel=1e-4)
+    raw = data.raw(data.x_val)
+    assert not np.allclose(raw, data.x_val, atol=0.5)  # the rows as the data has them, pixels 0 to 16
+    out = model.predict(raw)
+    probabilities = np.asarray(out["probabilities"])
+    loss = -np.mean(np.log(probabilities[np.arange(len(data.y_val)), data.y_val]))
+    assert loss == pytest.approx(summary["best"]["value"], rel=1e-3)
+    labels = [int(v) for v in np.asarray(out["label"])]
+    assert labels == [data.classes[k] for k in probabilities.argmax(axis=1)]
+    info = model.metadata
+    assert info.signature is not None and info.saved_input_example_info is not None
+    assert info.metadata["classes"] == [str(c) for c in data.classes]
+    client = MlflowClient(runs["tracking_uri"])
+    logged = client.search_logged_models([runs["experiment_id"]])
+    assert [(m.source_run_id, str(m.status)) for m in logged] == [(runs["parent_run_id"], "READY")]
+    assert logged[0].tags["tuner.trial"] == str(summary["best"]["number"])
 
 
 def test_best_params_yaml_runs_as_a_one_trial_study(optimizers_launch: tuple[Path, dict], tmp_path: Path) -> None:
@@ -314,3 +333,62 @@ def test_records_kept_while_the_server_is_down_are_sent_by_tuner_sync(tmp_path: 
     finally:
         launch.kill()
         server.stop()
+
+
+def test_the_registered_model_serves_predictions_over_http(tmp_path: Path) -> None:
+    """A user's CSV with text labels, launched with ``--register-model``: ``mlflow models serve`` on
+    127.0.0.1 answers a request of raw rows with the user's labels and the probabilities per class."""
+    import numpy as np
+    from sklearn.datasets import load_iris
+
+    iris = load_iris()
+    names = [str(n) for n in iris.target_names]
+    rows = [",".join(f"{v:g}" for v in x) + f",{names[y]}" for x, y in zip(iris.data, iris.target, strict=True)]
+    (tmp_path / "iris.csv").write_text("a,b,c,d,species\n" + "\n".join(rows) + "\n")
+    spec = tmp_path / "iris.yaml"
+    spec.write_text(
+        "study: {name: iris-served, trials: 2, seed: 0}\n"
+        "data: {dataset: 'csv:iris.csv', target: species}\n"
+        "training: {epochs: 5}\n"
+        "optimizers: {adam: {learning_rate: {low: 0.01, high: 0.05, log: true}}}\n"
+        "pruning: {scheduler: none}\n"
+    )
+    workdir = tmp_path / "w"
+    done = subprocess.run(
+        [tuner_command(), "launch", str(spec), "--register-model", "iris-mlp", "--json", "--workdir", str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["mlflow"]["registered_model"] == "iris-mlp"
+    store = summary["mlflow"]["tracking_uri"]
+    versions = MlflowClient(store).search_model_versions("name = 'iris-mlp'")
+    assert [(int(v.version), v.run_id) for v in versions] == [(1, summary["mlflow"]["parent_run_id"])]
+    port = free_port()
+    # As in the user's activated virtual environment: MLflow starts uvicorn from PATH.
+    bin_dir = str(Path(tuner_command()).parent)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    mlflow_command = str(Path(tuner_command()).with_name("mlflow"))
+    serve = [mlflow_command, "models", "serve", "-m", "models:/iris-mlp/1", "--env-manager", "local"]
+    server = subprocess.Popen(
+        [*serve, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=tmp_path,
+    )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/ping", timeout=120)
+        raw = [list(x) for x in iris.data[[0, 60, 120]]]  # a setosa, a versicolor, a virginica, as in the file
+        answer = requests.post(f"http://127.0.0.1:{port}/invocations", json={"inputs": raw}, timeout=30)
+        assert answer.ok, answer.text
+        predictions = answer.json()["predictions"]
+        assert set(predictions["label"]) <= set(names) and len(predictions["label"]) == 3
+        probabilities = np.asarray(predictions["probabilities"])
+        assert probabilities.shape == (3, 3) and np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
+        assert predictions["label"] == [names[k] for k in probabilities.argmax(axis=1)]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -94,13 +94,25 @@ def _workdir(what: str) -> Callable[[F], F]:
 
 def _run_options(command: F) -> F:
     """The options every command that runs a study takes: where its state lives, where it runs, output."""
+    return _where_options(command, studies=True)
+
+
+def _where_options(command: F, *, studies: bool = False) -> F:
+    """Where the work runs and what it prints; with ``studies``, also where a study's trials keep their state
+    (Optuna's storage, Ray Tune's checkpoints)."""
+    storage = click.option(
+        "--storage",
+        metavar="OPTUNA_URL",
+        envvar="OPTUNA_STORAGE",
+        help="Optuna storage [default: OPTUNA_STORAGE, as Optuna's CLI reads it, else sqlite:///WORKDIR/optuna.db].",
+    )
+    storage_path = click.option(
+        "--storage-path",
+        metavar="PATH_OR_URI",
+        help="Where trials keep their checkpoints, seen by every node [default: WORKDIR/ray_results].",
+    )
     options = [
-        click.option(
-            "--storage",
-            metavar="OPTUNA_URL",
-            envvar="OPTUNA_STORAGE",
-            help="Optuna storage [default: OPTUNA_STORAGE, as Optuna's CLI reads it, else sqlite:///WORKDIR/optuna.db].",
-        ),
+        *([storage] if studies else []),
         click.option(
             "--tracking-uri",
             metavar="URI",
@@ -109,11 +121,7 @@ def _run_options(command: F) -> F:
         click.option(
             "--address", metavar="RAY_ADDRESS", help="Ray cluster to run on [default: RAY_ADDRESS, else local]."
         ),
-        click.option(
-            "--storage-path",
-            metavar="PATH_OR_URI",
-            help="Where trials keep their checkpoints, seen by every node [default: WORKDIR/ray_results].",
-        ),
+        *([storage_path] if studies else []),
         _workdir("Where the run writes everything"),
         click.option("--json", "as_json", is_flag=True, help="End stdout with one JSON object describing the result."),
         click.option(
@@ -137,6 +145,11 @@ def _run_options(command: F) -> F:
 @click.option("--seed", type=click.IntRange(min=0), help="Seed of the sampler, the split and the trials.")
 @click.option("--name", help="Study name (overrides study.name).")
 @click.option("--resume", is_flag=True, help="Finish the study's interrupted last launch instead (see tuner resume).")
+@click.option(
+    "--register-model",
+    metavar="NAME",
+    help="Register the best model as a new version of MLflow registered model NAME.",
+)
 @_run_options
 def launch(
     spec: str,
@@ -146,11 +159,14 @@ def launch(
     seed: int | None,
     name: str | None,
     resume: bool,
+    register_model: str | None,
     **run: Any,
 ) -> None:
     """Run the study SPEC describes and print its best trials."""
     overrides = {"trials": trials, "concurrency": concurrency, "epochs": epochs, "seed": seed}
     given = [f"--{key}" for key, value in overrides.items() if value is not None]
+    if register_model is not None:
+        given.append("--register-model")
     if resume and given:
         raise UsageError(
             f"--resume finishes the interrupted launch as it was asked for; {', '.join(given)} cannot change it"
@@ -159,7 +175,7 @@ def launch(
     if resume:
         _run(loaded.study.name, None, **run)
     else:
-        _run(loaded.study.name, loaded, **run)
+        _run(loaded.study.name, loaded, register_model=register_model, **run)
 
 
 @main.command()
@@ -173,18 +189,24 @@ def resume(name: str, **run: Any) -> None:
     _run(name, None, **run)
 
 
-def _run(name: str, spec: Any, *, as_json: bool, verbose: bool, workdir: str, **where: Any) -> None:
-    """Run ``spec`` as a new launch, or resume study ``name`` when ``spec`` is None; print as it goes."""
+def _service(workdir: str, address: str | None, verbose: bool) -> Any:
+    """tuner up's service in ``workdir``, if one is up there, with this process set to use its Ray (unless
+    ``address`` names another); None without one. Call before Ray is imported: it reads these once."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else "3")
     from tuner import service
 
-    served = service.find(workdir)  # tuner up's, when one is up here
-    address = where.get("address") or os.environ.get("RAY_ADDRESS")
+    served = service.find(workdir)
+    address = address or os.environ.get("RAY_ADDRESS")
     if served is not None and address in (None, served.ray_address):
-        # Before Ray is imported: it reads them once. A token exported for another cluster would win over
-        # the service's file.
+        # A token exported for another cluster would win over the service's file.
         os.environ.pop("RAY_AUTH_TOKEN", None)
         os.environ.update(service.auth_environment(served))
+    return served
+
+
+def _run(name: str, spec: Any, *, as_json: bool, verbose: bool, workdir: str, **where: Any) -> None:
+    """Run ``spec`` as a new launch, or resume study ``name`` when ``spec`` is None; print as it goes."""
+    served = _service(workdir, where.get("address"), verbose)
     from rich.console import Console
 
     from tuner import report
@@ -230,11 +252,71 @@ def _run(name: str, spec: Any, *, as_json: bool, verbose: bool, workdir: str, **
         sys.exit(143 if result.terminated else 130)
 
 
-def _mlflow_line(runs: dict[str, str], study: str, workdir: str) -> str:
+@main.command("lr-find")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option(
+    "--optimizer",
+    "optimizers",
+    multiple=True,
+    metavar="NAME",
+    help="Sweep only this optimizer of the spec (repeatable) [default: every one].",
+)
+@click.option(
+    "--write",
+    "write",
+    type=click.Path(dir_okay=False, writable=True),
+    metavar="NEW_SPEC",
+    help="Write the spec with each learning_rate narrowed to its suggestion.",
+)
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="Sweeps per optimizer.")
+@click.option("--steps", type=click.IntRange(min=20), default=100, show_default=True, help="Batches per sweep.")
+@_where_options
+def lr_find(
+    spec: str,
+    optimizers: tuple[str, ...],
+    write: str | None,
+    seeds: int,
+    steps: int,
+    as_json: bool,
+    verbose: bool,
+    **where: Any,
+) -> None:
+    """Suggest, per optimizer of SPEC, the learning rates worth searching: the learning-rate range test.
+
+    A network trains while its learning rate rises one step per batch, from far below the spec's range to far
+    above it, over several seeds, as Ray tasks; the loss creeps, falls, then blows up. The suggestion is where
+    it falls (see the README). Recorded as the run lr-find in the study's MLflow experiment, with a plot."""
+    loaded = load_spec(spec)
+    known = [o.name for o in loaded.optimizers]
+    for name in optimizers:
+        if name not in known:
+            raise UsageError(f"--optimizer: {spec} has no optimizer {name!r} (it has {', '.join(known)})")
+    if write is not None and os.path.abspath(write) == os.path.abspath(spec):
+        raise UsageError("--write: give a new file; the spec itself is left as it is")
+    workdir = where.pop("workdir")
+    served = _service(workdir, where.get("address"), verbose)
+    from tuner import lrfind
+    from tuner.runner import RunOptions
+
+    options = RunOptions(workdir=workdir, verbose=verbose, warn=_warn, service=served, **where)
+    result = lrfind.find(loaded, options, optimizers=optimizers or None, seeds=seeds, steps=steps)
+    click.echo(lrfind.table(result))
+    if result.mlflow:
+        click.echo(_mlflow_line(result.mlflow, result.study, workdir, run="run lr-find"))
+    if write is not None:
+        with open(write, "w", encoding="utf-8") as f:
+            f.write(lrfind.narrowed(spec, result.suggestions))
+        click.echo(f"wrote {write}")
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+
+
+def _mlflow_line(runs: dict[str, str], study: str, workdir: str, run: str = "parent run") -> str:
     from tuner.tracking import experiment_url, ui_url
 
-    uri, experiment, parent = runs["tracking_uri"], runs["experiment_id"], runs["parent_run_id"]
-    where = f"mlflow: experiment {study} (id {experiment}), parent run {parent} in {uri}"
+    uri, experiment = runs["tracking_uri"], runs["experiment_id"]
+    parent = runs.get("parent_run_id") or runs["run_id"]
+    where = f"mlflow: experiment {study} (id {experiment}), {run} {parent} in {uri}"
     if uri.startswith(("http://", "https://")):
         return f"{where}\n  open: {experiment_url(ui_url(uri), experiment, parent)}"
     return f"{where}\n  open: tuner ui --workdir {os.path.abspath(workdir)}"

@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tuner.datafiles import MIN_EXAMPLES, DataFileError, csv_columns, resolve_task, user_arrays
 from tuner.errors import SpecError
@@ -55,7 +55,12 @@ class Data:
 
 @dataclass(frozen=True)
 class Dataset:
-    """Arrays ready to train on. Labels are 0..n_classes-1 for classification; n_classes is 0 for regression."""
+    """Arrays ready to train on. Labels are 0..n_classes-1 for classification; n_classes is 0 for regression.
+
+    The features are standardised: ``(raw - mean) / scale``, with the training part's ``mean`` and ``scale``,
+    which the exported model applies itself (:meth:`raw`). ``classes`` are the labels as the data had them,
+    ``classes[k]`` for label ``k``.
+    """
 
     name: str
     task: str
@@ -64,6 +69,17 @@ class Dataset:
     x_val: np.ndarray
     y_val: np.ndarray
     n_classes: int
+    mean: np.ndarray | None = None
+    scale: np.ndarray | None = None
+    classes: tuple[Any, ...] = ()
+
+    def raw(self, x: np.ndarray) -> np.ndarray:
+        """Standardised rows back as the data had them."""
+        import numpy as np
+
+        if self.mean is None or self.scale is None:
+            return x
+        return np.asarray(x * self.scale + self.mean, dtype=np.float32)
 
     @property
     def n_features(self) -> int:
@@ -91,8 +107,10 @@ def load_dataset(data: Data, *, seed: int, source: str = "<spec>") -> Dataset:
     except DataFileError as exc:
         raise SpecError(source, exc.key, exc.rule, exc.got) from None
     classes = 0
+    labels: tuple[Any, ...] = ()
     if task == "classification":
-        _, y = np.unique(y, return_inverse=True)
+        found, y = np.unique(y, return_inverse=True)
+        labels = tuple(found.tolist())
         classes = int(y.max()) + 1
         y = y.astype(np.int32)
     else:
@@ -104,7 +122,7 @@ def load_dataset(data: Data, *, seed: int, source: str = "<spec>") -> Dataset:
     std[std == 0] = 1.0
     x_train = ((x_train - mean) / std).astype(np.float32)
     x_val = ((x_val - mean) / std).astype(np.float32)
-    return Dataset(data.label, task, x_train, y_train, x_val, y_val, classes)
+    return Dataset(data.label, task, x_train, y_train, x_val, y_val, classes, mean, std, labels)
 
 
 def _arrays(data: Data, seed: int) -> tuple[np.ndarray, np.ndarray, str]:

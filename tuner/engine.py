@@ -31,7 +31,19 @@ from tuner.pruning import Divergence
 if TYPE_CHECKING:
     from tuner.data import Dataset
 
-__all__ = ["COMPILED", "PROGRESS_FILE", "STATE_FILE", "Engine", "Report", "Shape", "Snapshot", "engine_for", "train"]
+__all__ = [
+    "COMPILED",
+    "PROGRESS_FILE",
+    "STATE_FILE",
+    "Engine",
+    "Report",
+    "Shape",
+    "Snapshot",
+    "engine_for",
+    "export",
+    "tensors",
+    "train",
+]
 
 # Keras' fit costs a trace of the training step per model and optimizer, about half a second, which is most
 # of a small trial. The engine compiles one whole epoch (a tf.while_loop over in-memory batches) once per
@@ -104,6 +116,7 @@ class Engine:
         self._train = self._compiled
         self._keras: keras.optimizers.Optimizer | None = None  # a trial of an optimizer without a rule here
         self._eval = tf.function(self._evaluate, reduce_retracing=True)
+        self._sweep = tf.function(self._sweep_rates, reduce_retracing=True)
 
     # -- a new trial
 
@@ -245,6 +258,49 @@ class Engine:
         count = tf.cast(n, tf.float32)
         return loss_sum / count, metric_sum / count
 
+    def _sweep_rates(
+        self, x: tf.Tensor, y: tf.Tensor, order: tf.Tensor, batch: tf.Tensor, rates: tf.Tensor, limit: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        steps = tf.shape(rates)[0]
+        losses = tf.TensorArray(tf.float32, size=steps)
+        average = tf.constant(0.0)
+        lowest = tf.constant(float("inf"))
+        done = tf.constant(0)
+        for step in tf.range(steps):
+            index = order[step * batch : (step + 1) * batch]
+            xb, yb = tf.gather(x, index), tf.gather(y, index)
+            with tf.GradientTape() as tape:
+                loss = self.loss_fn(yb, self.net(xb, training=True))
+            losses = losses.write(step, loss)
+            done = step + 1
+            if not tf.math.is_finite(loss):
+                break
+            # An average of the recent losses, debiased as Adam's moments are, stops the sweep once the loss
+            # has blown up: a single bad batch does not.
+            average = _SWEEP_BETA * average + (1.0 - _SWEEP_BETA) * loss
+            smoothed = average / (1.0 - tf.pow(_SWEEP_BETA, tf.cast(step + 1, tf.float32)))
+            lowest = tf.minimum(lowest, smoothed)
+            if smoothed > limit * lowest:
+                break
+            self.hyper["learning_rate"].assign(rates[step])
+            if self._keras is not None:
+                self._keras.learning_rate.assign(rates[step])
+            self._apply(tape.gradient(loss, self.weights))
+        return losses.stack(), done
+
+    def sweep(
+        self, x: tf.Tensor, y: tf.Tensor, order: np.ndarray, batch_size: int, rates: np.ndarray, limit: float
+    ) -> np.ndarray:
+        """The learning-rate range test: one step per batch of ``x[order]``, the ``i``-th at ``rates[i]``.
+        Returns the loss each batch measured before its step (so the ``i``-th loss is the result of the steps
+        at ``rates[:i]``), up to a non-finite loss or one whose recent average passes ``limit`` times its
+        lowest."""
+        rates32 = tf.constant(rates, tf.float32)
+        losses, done = self._sweep(
+            x, y, tf.constant(order, tf.int32), tf.constant(batch_size, tf.int32), rates32, limit
+        )
+        return np.asarray(losses.numpy()[: int(done)], dtype=float)
+
     # -- an epoch, from Python
 
     def train_epoch(
@@ -273,9 +329,74 @@ class Engine:
         self.net.save(path)
 
 
+def export(net: keras.Model, data: Dataset, path: str | os.PathLike[str]) -> None:
+    """Write a trained network as an MLflow Model at ``path`` that works on rows as the data has them.
+
+    The network: standardisation inside (a ``Normalization`` layer with the training part's mean and scale),
+    then the trained layers, and for classification the user's class labels beside the probabilities
+    (``{"label": ..., "probabilities": ...}``, the columns in the order of ``classes`` in the metadata): an
+    MLflow Model of the Keras flavour, with a signature and an input example (five raw validation rows). It is
+    wrapped in a pyfunc (:mod:`tuner.served`, a model from code) that returns what it returns, text labels as
+    text rather than the bytes TensorFlow gives (which MLflow's scoring server would send base64-encoded).
+    """
+    import tempfile
+
+    import mlflow.pyfunc
+    import mlflow.tensorflow
+    from mlflow.models import infer_signature
+
+    assert data.mean is not None and data.scale is not None
+    copy = keras.models.clone_model(net)  # the engine's own network goes on to the next trial
+    copy.set_weights(net.get_weights())
+    features = keras.Input((data.n_features,), name="features")
+    scaled = keras.layers.Normalization(mean=data.mean, variance=np.square(data.scale), name="standardise")(features)
+    output = copy(scaled)
+    if data.task == "classification":
+        index = keras.ops.argmax(output, axis=-1)
+        if all(isinstance(c, int) for c in data.classes):
+            lookup: keras.layers.Layer = keras.layers.IntegerLookup(
+                vocabulary=list(data.classes), invert=True, num_oov_indices=0, name="label"
+            )
+        else:
+            lookup = keras.layers.StringLookup(
+                vocabulary=[str(c) for c in data.classes], invert=True, num_oov_indices=0, name="label"
+            )
+        outputs: Any = {"label": lookup(index), "probabilities": output}
+    else:
+        outputs = output
+    model = keras.Model(features, outputs, name="tuner_best")
+    example = data.raw(data.x_val[:5])
+    raw = model(example)
+    predicted: Any = {k: np.asarray(v) for k, v in raw.items()} if isinstance(raw, dict) else np.asarray(raw)
+    metadata = {"task": data.task, "classes": [str(c) for c in data.classes], "dataset": data.name}
+    # Given, not inferred: inferring them loads the model again in a subprocess, seconds a trial.
+    requirements = [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}"]
+    with tempfile.TemporaryDirectory() as directory:
+        network = os.path.join(directory, "network")
+        signature = infer_signature(example, predicted)
+        mlflow.tensorflow.save_model(
+            model, network, signature=signature, input_example=example, pip_requirements=requirements
+        )
+        if isinstance(predicted, dict):
+            labels = [v.decode() if isinstance(v, bytes) else v.item() for v in predicted["label"].ravel()]
+            predicted = {"label": np.asarray(labels), "probabilities": predicted["probabilities"]}
+        mlflow.pyfunc.save_model(
+            str(path),
+            python_model=str(Path(__file__).with_name("served.py")),
+            artifacts={"network": network},
+            signature=infer_signature(example, predicted),
+            input_example=example,
+            pip_requirements=requirements,
+            metadata=metadata,
+        )
+
+
 #: The registered optimizers the engine has its own update rule for (a branch each of one compiled graph).
 COMPILED = tuple(name for name in OPTIMIZERS if callable(getattr(Engine, f"_{name}", None)))
 _EVAL_BATCH = 4096
+#: How much of the sweep's average of recent losses each new batch's loss replaces: 1 - 0.9, a memory of about
+#: ten batches.
+_SWEEP_BETA = 0.9
 #: Compiled engines kept per worker, most recently used last.
 MAX_ENGINES = 8
 _engines: OrderedDict[Shape, Engine] = OrderedDict()
@@ -291,7 +412,7 @@ def engine_for(shape: Shape) -> Engine:
     return engine
 
 
-def _as_tensors(data: Dataset) -> tuple[tf.Tensor, ...]:
+def tensors(data: Dataset) -> tuple[tf.Tensor, ...]:
     """The dataset as tensors, converted once per worker (trials read the same object-store buffers)."""
     key = tuple(a.__array_interface__["data"][0] for a in (data.x_train, data.y_train, data.x_val, data.y_val))
     if key not in _tensors:
@@ -368,7 +489,7 @@ def train(
     name = str(config["optimizer"])
     seed = int(config["seed"])
     engine.reset(name, config.get(name, {}), seed)
-    x, y, x_val, y_val = _as_tensors(data)
+    x, y, x_val, y_val = tensors(data)
     rng = np.random.default_rng(seed)
     rule = divergence or Divergence(max_ratio=None)
     epochs = int(config["epochs"])

@@ -43,7 +43,7 @@ from tuner.service import Service
 from tuner.spec import Spec, parse_spec
 from tuner.trainable import STOP_REASON, WORKER_ENV, train_trial
 
-__all__ = ["RunOptions", "resume_study", "run_study"]
+__all__ = ["RunOptions", "connected", "resume_study", "run_study"]
 
 #: Set by Ray in a job's driver (its job configuration, runtime environment included).
 JOB_CONFIG_VARIABLE = "RAY_JOB_CONFIG_JSON_ENV_VAR"
@@ -67,6 +67,7 @@ class RunOptions:
         warn: called with a line when something goes wrong that does not stop the study (e.g. MLflow).
         trainable: the function each trial runs, ``(config, data, *, threads, pruning)``; tuner's Keras
             trainer unless you bring your own.
+        register_model: register the best model as a new version of this MLflow registered model.
         service: a warm local service (``tuner up``, :func:`tuner.service.find`) to run on: its Ray head
             unless ``address`` or ``RAY_ADDRESS`` name another (the process must have imported Ray after
             setting :func:`tuner.service.auth_environment`), and its MLflow server in place of the store it
@@ -84,6 +85,7 @@ class RunOptions:
     warn: Callable[[str], None] | None = None
     trainable: Callable[..., None] = train_trial
     service: Service | None = None
+    register_model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -242,7 +244,30 @@ def _execute(spec: Spec, plan: _Plan, options: RunOptions) -> StudyResult:
     runs["parent_run_id"] = tracker.parent_run_id
     if model_uri:
         runs["model_uri"] = model_uri
+        if options.register_model:
+            runs["registered_model"] = options.register_model
     return dataclasses.replace(result, wall_seconds=time.monotonic() - started, mlflow=runs, unsent_records=unsent)
+
+
+@contextlib.contextmanager
+def connected(options: RunOptions) -> Iterator[tuple[_Stores, list[int]]]:
+    """Ray, started or reached as a launch does (the same address, service and settings), and the stores a
+    launch would use, for work on the cluster besides a study (``tuner lr-find``). Yields the stores and the
+    SIGTERMs received, at which the work should stop (raise :class:`Terminated`). Ray stops afterwards if this
+    started it."""
+    stores = _locate(options)
+    with _process_settings(options.verbose), _sigterm_as_ctrl_c() as received:
+        ray_thread = None if ray.is_initialized() else _RayThread(stores.address, options.verbose)
+        try:
+            if ray_thread is not None:
+                ray_thread.started(received)
+                _reclaim_sigterm()
+            if received:
+                raise Terminated
+            yield stores, received
+        finally:
+            if ray_thread is not None:
+                ray_thread.stop()
 
 
 def _stop_ray() -> None:
@@ -323,7 +348,7 @@ def _connect(
             ray_thread.started(signals)
             _reclaim_sigterm()
             os.chdir(cwd)
-        prepared = _prepare(spec, stores, options.warn, plan.parent_run_id, curves)
+        prepared = _prepare(spec, stores, options.warn, plan.parent_run_id, curves, options.register_model)
         if ray_thread is not None:
             ray_thread.started(signals)
             _reclaim_sigterm()
@@ -409,7 +434,12 @@ class _RayThread:
 
 
 def _prepare(
-    spec: Spec, stores: _Stores, warn: Callable[[str], None] | None, parent_run_id: str | None, curves: Curves
+    spec: Spec,
+    stores: _Stores,
+    warn: Callable[[str], None] | None,
+    parent_run_id: str | None,
+    curves: Curves,
+    register_model: str | None = None,
 ) -> tuple[Dataset, optuna.storages.BaseStorage, tracking.Tracker]:
     """Everything a study needs besides Ray: the data, the Optuna storage, the MLflow records."""
     dataset = load_dataset(spec.data, seed=spec.study.seed, source=spec.source)
@@ -430,6 +460,8 @@ def _prepare(
             parent_run_id=parent_run_id,
             curves=curves,
             store=stores.tracking_store,
+            dataset=tracking.dataset_record(dataset),
+            register_model=register_model,
         )
     return dataset, storage, tracker
 

@@ -1,7 +1,8 @@
 """Sending a launch's records to MLflow: each record an outbox keeps (see :mod:`tuner.outbox`) becomes one
 MLflow call, by the outbox's thread during a launch or by ``tuner sync`` afterwards.
 
-With :mod:`tuner.tracking`, which writes the records, the only modules that import MLflow.
+With :mod:`tuner.tracking`, which writes the records, the only modules of a launch that import MLflow (besides
+:func:`tuner.engine.export` on the workers; `tuner lr-find` records its one run itself, :mod:`tuner.lrfind`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -77,6 +78,11 @@ class Sender:
             self.client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
         elif op == "set_terminated":
             self.client.set_terminated(run_id, record["status"], record["end_time"])
+        elif op == "log_input":
+            dataset = DatasetInput(Dataset(**record["dataset"]), [InputTag("mlflow.data.context", record["context"])])
+            self.client.log_inputs(run_id, datasets=[dataset])
+        elif op == "log_model":
+            return self._log_model(record, run_id, sent_before)
         elif op == "log_artifact":
             path = self.directory / record["path"]
             if path.is_dir():
@@ -86,6 +92,29 @@ class Sender:
         else:
             raise ValueError(f"unknown record {op!r}")
         return None
+
+    def _log_model(self, record: dict[str, Any], run_id: str, sent_before: bool) -> str:
+        """The best model as an MLflow logged model of the experiment (its Models view), and, if asked, a new
+        version of a registered model; returns the logged model's id."""
+        model = None
+        if sent_before:  # an earlier try may have made it
+            where = f"tags.`tuner.trial` = '{record['tags']['tuner.trial']}' AND source_run_id = '{run_id}'"
+            found = self.client.search_logged_models([record["experiment_id"]], filter_string=where, max_results=1)
+            model = found[0] if found else None
+        if model is None:
+            model = self.client.create_logged_model(
+                record["experiment_id"], record["name"], source_run_id=run_id, tags=record["tags"], model_type="keras"
+            )
+        if str(model.status) != "READY":
+            self.client.log_model_artifacts(model.model_id, str(self.directory / record["path"]))
+            self.client.finalize_logged_model(model.model_id, "READY")
+        name = record.get("register")
+        if name:
+            with contextlib.suppress(MlflowException):  # it exists: a new version of it
+                self.client.create_registered_model(name)
+            if not (sent_before and self.client.search_model_versions(f"name = '{name}' AND run_id = '{run_id}'")):
+                self.client.create_model_version(name, model.artifact_location, run_id, model_id=model.model_id)
+        return str(model.model_id)
 
     def _run_id(self, run: str) -> str:
         if run.startswith(RUN):

@@ -8,10 +8,12 @@ MLflow, so nothing changes when the trials run on a cluster. The records go thro
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,17 +28,20 @@ from tuner import outbox, sending
 from tuner.errors import TunerError
 from tuner.results import CURVE_METRICS, Curve, Curves, StudyResult, TrialOutcome
 from tuner.service import MLFLOW_SERVER_ENV, mlflow_server_command, store_uri
-from tuner.trainable import MODEL_FILE
+from tuner.trainable import EXPORT_DIR
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
 
+    from tuner.data import Dataset
     from tuner.spec import Spec
 
 __all__ = [
+    "BEST",
     "Tracker",
     "TrackingCallback",
     "check_reachable",
+    "dataset_record",
     "experiment_url",
     "resolve_tracking_uri",
     "serve_ui",
@@ -54,6 +59,8 @@ STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
 #: Tags MLflow's UI reads: nesting, and the experiment's view (runs table, not the GenAI traces view).
 PARENT_TAG = "mlflow.parentRunId"
 KIND_TAG = "mlflow.experimentKind"
+#: Where the parent run keeps the best trial's network, an MLflow Model (``runs:/PARENT/best_model``).
+BEST = "best_model"
 #: The end of a launch waits this long for MLflow to take its records, once none goes through.
 PATIENCE_SECONDS = 30.0
 
@@ -146,6 +153,42 @@ class _TrialRecord:
     done: bool = False  # its run had ended before this launch
 
 
+def dataset_record(dataset: Dataset) -> dict[str, str] | None:
+    """The training part of ``dataset`` as an MLflow dataset (name, digest, schema, profile, source), which
+    every run of the study names as its input: the Dataset column of MLflow's runs table. A user's file is its
+    source; a built-in dataset its name. None if MLflow cannot describe it: the runs go without."""
+    from mlflow.data.numpy_dataset import from_numpy
+
+    kind, _, path = dataset.name.partition(":")
+    source = path if kind in ("csv", "npz") and path else dataset.name
+    try:
+        with warnings.catch_warnings():  # "the source can be interpreted in multiple ways": a name, as meant
+            warnings.simplefilter("ignore")
+            found = from_numpy(dataset.x_train, targets=dataset.y_train, name=dataset.name, source=source)
+    except Exception:  # a record less, never a launch less
+        logging.getLogger(__name__).debug("no MLflow dataset for %s", dataset.name, exc_info=True)
+        return None
+    return {k: str(v) for k, v in found.to_dict().items() if v is not None}
+
+
+def study_experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
+    """The id of study ``name``'s experiment, made if it is not there yet: its artifacts in
+    ``artifact_root/NAME`` (a local store), or where the server keeps them (``None``)."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        location = (artifact_root / name).as_uri() if artifact_root else None
+        try:
+            experiment_id = client.create_experiment(name, artifact_location=location)
+        except MlflowException as exc:  # another launch of the study created it meanwhile
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS" or not (experiment := client.get_experiment_by_name(name)):
+                raise
+            experiment_id = experiment.experiment_id
+    else:
+        experiment_id = experiment.experiment_id
+    client.set_experiment_tag(experiment_id, KIND_TAG, "custom_model_development")
+    return str(experiment_id)
+
+
 class Tracker:
     """The MLflow records of one launch: the experiment, the study's parent run and a run per trial.
 
@@ -165,8 +208,13 @@ class Tracker:
         parent_run_id: str | None = None,
         curves: Curves,
         store: str | None = None,
+        dataset: dict[str, str] | None = None,
+        register_model: str | None = None,
     ) -> None:
         self.spec, self.uri, self.workdir = spec, uri, workdir
+        #: The training data as an MLflow dataset (``mlflow.data.Dataset.to_dict``): every run's input.
+        self.dataset = dataset
+        self.register_model = register_model
         self.warn = warn or (lambda text: None)
         self.client = MlflowClient(tracking_uri=uri)
         #: The study's curves, which the search records; an interrupted launch's earlier ones are added here.
@@ -175,6 +223,7 @@ class Tracker:
         self._by_number: dict[int, _TrialRecord] = {}
         self._ended: set[str] = set()
         self._best_model: tuple[int, float] | None = None
+        self._best_copy: str | None = None  # the best model's directory in the outbox, once logged
         name = spec.study.name
         # An earlier launch's records still waiting go first, where they were going (a resumed launch reads
         # them back from there).
@@ -197,6 +246,7 @@ class Tracker:
         if parent_run_id is None:
             settings = {k: _text(v) for k, v in spec.settings().items()}
             self.outbox.put({"op": "log_batch", "run": "parent", "params": settings})
+            self._put_input("parent")
             if Path(spec.source).is_file():
                 self._put_artifact("parent", Path(spec.source))
             else:  # a spec built in code: record the document it stands for
@@ -210,20 +260,7 @@ class Tracker:
 
     def _create(self, artifact_root: Path | None) -> None:
         name = self.spec.study.name
-        experiment = self.client.get_experiment_by_name(name)
-        if experiment is None:
-            location = (artifact_root / name).as_uri() if artifact_root else None
-            try:
-                self.experiment_id = self.client.create_experiment(name, artifact_location=location)
-            except MlflowException as exc:  # another launch of the study created it meanwhile
-                if exc.error_code != "RESOURCE_ALREADY_EXISTS" or not (
-                    experiment := self.client.get_experiment_by_name(name)
-                ):
-                    raise
-                self.experiment_id = experiment.experiment_id
-        else:
-            self.experiment_id = experiment.experiment_id
-        self.client.set_experiment_tag(self.experiment_id, KIND_TAG, "custom_model_development")
+        self.experiment_id = study_experiment(self.client, name, artifact_root)
         run = self.client.create_run(self.experiment_id, run_name=name, tags={"tuner.study": name})
         self.parent_run_id = run.info.run_id
 
@@ -257,6 +294,10 @@ class Tracker:
     def _put_batch(self, run: str, *, metrics: Sequence[list[Any]] = (), tags: Sequence[tuple[str, str]] = ()) -> None:
         if metrics or tags:
             self.outbox.put({"op": "log_batch", "run": run, "metrics": list(metrics), "tags": dict(tags)})
+
+    def _put_input(self, run: str) -> None:
+        if self.dataset is not None:
+            self.outbox.put({"op": "log_input", "run": run, "dataset": self.dataset, "context": "training"})
 
     def _put_end(self, run: str, status: str) -> None:
         self.outbox.put({"op": "set_terminated", "run": run, "status": status, "end_time": _now()})
@@ -294,6 +335,7 @@ class Tracker:
             }
         )
         self.outbox.put({"op": "log_batch", "run": key, "params": {k: _text(v) for k, v in params.items()}})
+        self._put_input(key)
         self.trials[trial_id] = self._by_number[number] = _TrialRecord(key, number, optimizer)
 
     def log_result(self, trial_id: str, result: dict[str, Any]) -> None:
@@ -359,10 +401,11 @@ class Tracker:
         if record.checkpoint is None or outcome.value is None:
             return
         with record.checkpoint.as_directory() as directory:
-            path = Path(directory) / MODEL_FILE
-            if not path.is_file():
+            path = Path(directory) / EXPORT_DIR
+            if not path.is_dir():
                 return
-            self._put_artifact("parent", path, "best_model")  # a copy: the checkpoint may go before it is sent
+            self._best_copy = self.outbox.file(path)  # a copy: the checkpoint may go before it is sent
+            self.outbox.put({"op": "log_artifact", "run": "parent", "path": self._best_copy, "artifact_path": BEST})
         self._best_model = (outcome.number, outcome.value)
         tags = [("best_model_trial", str(outcome.number)), ("best_model_value", repr(outcome.value))]
         self._put_batch("parent", tags=tags)
@@ -413,8 +456,20 @@ class Tracker:
             tags += [(f"best.{k}", _text(v)) for k, v in best.params.items()]
         model_uri = None
         if best is not None and self._best_model is not None and self._best_model[0] == best.number:
-            model_uri = f"runs:/{self.parent_run_id}/best_model/{MODEL_FILE}"
+            model_uri = f"runs:/{self.parent_run_id}/{BEST}"
             tags.append(("best_model_uri", model_uri))
+            if self._best_copy is not None:  # logged by this launch (a resumed one may have only the tags)
+                self.outbox.put(
+                    {
+                        "op": "log_model",
+                        "run": "parent",
+                        "experiment_id": self.experiment_id,
+                        "path": self._best_copy,
+                        "name": f"{self.spec.study.name}-{BEST}",
+                        "tags": {"tuner.study": self.spec.study.name, "tuner.trial": str(best.number)},
+                        "register": self.register_model,
+                    }
+                )
         self._put_batch("parent", metrics=metrics, tags=tags)
         if files is not None:
             kept = self.outbox.file(files)

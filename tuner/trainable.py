@@ -21,12 +21,14 @@ if TYPE_CHECKING:
     from tuner.data import Dataset
     from tuner.spec import Pruning
 
-__all__ = ["MODEL_FILE", "STOP_REASON", "WORKER_ENV", "train_trial"]
+__all__ = ["EXPORT_DIR", "MODEL_FILE", "STOP_REASON", "WORKER_ENV", "sweep_task", "train_trial"]
 
 #: A result key set by the trainer when it stopped by itself (e.g. a diverged loss).
 STOP_REASON = "stop_reason"
 #: The trained network in a trial's last checkpoint, loadable with ``keras.models.load_model``.
 MODEL_FILE = "model.keras"
+#: The same network as an MLflow Model that takes rows as the data has them (:func:`tuner.engine.export`).
+EXPORT_DIR = "mlflow_model"
 #: Environment every worker process gets (Ray's runtime environment): quiet TensorFlow, Keras on TensorFlow,
 #: and Ray's native crash handler (stack dumps in the worker's log), which the CLI turns off for its driver.
 WORKER_ENV = {
@@ -63,6 +65,7 @@ def train_trial(config: dict[str, Any], data: Dataset, *, threads: int = 1, prun
             snapshot.write(directory)
             if epoch == epochs:
                 snapshot.save_model(os.path.join(directory, MODEL_FILE))
+                engine.export(snapshot.engine.net, data, os.path.join(directory, EXPORT_DIR))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
     divergence = Divergence(pruning.max_ratio, pruning.patience) if pruning else None
@@ -73,6 +76,27 @@ def train_trial(config: dict[str, Any], data: Dataset, *, threads: int = 1, prun
         start = tune.Checkpoint(config["resume_from"])
     with start.as_directory() if start is not None else contextlib.nullcontext() as directory:
         engine.train(data, config, report=report, divergence=divergence, resume=directory)
+
+
+def sweep_task(data: Dataset, config: dict[str, Any], rates: Any, limit: float, *, seed: int, threads: int = 1) -> Any:
+    """``tuner lr-find``'s Ray task: one learning-rate sweep (:meth:`tuner.engine.Engine.sweep`) of the
+    network ``config`` describes, from fresh weights drawn with ``seed``; returns the loss of every step."""
+    import numpy as np
+
+    from tuner import engine, model  # TensorFlow is imported on the workers only.
+
+    model.configure_threads(threads)
+    model.use_gpu_memory_growth()
+    name = str(config["optimizer"])
+    trainer = engine.engine_for(engine.Shape.of(data, config))
+    trainer.reset(name, config.get(name, {}), seed)
+    x, y, _, _ = engine.tensors(data)
+    batch = int(config["batch_size"])
+    rng = np.random.default_rng(seed)
+    # Batches run on across epochs: the sweep's steps, not the data's size, decide its length.
+    epochs = -(-len(rates) * batch // len(data.x_train))
+    order = np.concatenate([rng.permutation(len(data.x_train)) for _ in range(epochs)])
+    return trainer.sweep(x, y, order, batch, np.asarray(rates), limit)
 
 
 def _checkpoint_rule(
