@@ -17,9 +17,9 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPUs, {memory:.0f} GiB, Python {platform.python_version()}"
 
 
-def write_report(name: str, report: dict[str, Any], text: str, out: Path = RESULTS) -> None:
-    """Print ``text`` and keep the report as ``out/NAME.json`` and ``out/NAME.md``."""
-    print(text)
+def write_report(name: str, report: dict[str, Any], text: str, out: Path = RESULTS, *, indent: int | None = 2) -> None:
+    """Keep the report as ``out/NAME.json`` and ``out/NAME.md``, and print ``text``."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
-    (out / f"{name}.md").write_text(text + "\n")
+    (out / f"{name}.json").write_text(json.dumps(report, indent=indent) + "\n")
+    (out / f"{name}.md").write_text(text if text.endswith("\n") else text + "\n")
+    print(text)

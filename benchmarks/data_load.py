@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import machine
+from common import machine, write_report
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -121,11 +121,7 @@ def main() -> None:
         for name, baseline in variants:
             print(f"running {name} ({args.repeat}x) ...", flush=True)
             report["runs"][name] = measure(spec, baseline, args.repeat)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "data_load.json").write_text(json.dumps(report, indent=2) + "\n")
-    text = markdown(report)
-    (args.out / "data_load.md").write_text(text)
-    print(text)
+    write_report("data_load", report, markdown(report), args.out)
 
 
 def markdown(report: dict[str, Any]) -> str:

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import machine, write_report
+from common import RESULTS, machine, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "search_spaces" / "optimizers.yaml"
@@ -184,7 +184,7 @@ def main() -> None:
         }
     report = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "trials": args.trials, "runs": rows}
     report["summary"] = summary
-    write_report("lr_find", report, markdown(report), *([args.out] if args.out else []))
+    write_report("lr_find", report, markdown(report), args.out or RESULTS, indent=1)
 
 
 if __name__ == "__main__":

@@ -11,14 +11,13 @@ validation loss each one found. A benchmark, not a test: the figures are reporte
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import optuna
-from common import machine
+from common import machine, write_report
 
 from tuner import run_study
 from tuner.spec import parse_spec
@@ -79,8 +78,6 @@ def main() -> None:
         "epochs_ratio": round(ratio, 3),
         "best_val_loss_gap": None if gap is None else round(gap, 4),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "pruning.json").write_text(json.dumps(report, indent=2) + "\n")
     rows = [
         "| run | epochs trained | of budget | best val_loss | complete / pruned / failed | wall s |",
         "| --- | ---: | ---: | ---: | --- | ---: |",
@@ -95,8 +92,7 @@ def main() -> None:
     if gap is not None:
         summary += f"; best val_loss with pruning {gap:+.1%} against without (target: at most +2%)"
     text = "\n".join([f"{report['date']}, {report['machine']}", "", *rows, "", summary]) + "\n"
-    (args.out / "pruning.md").write_text(text)
-    print(text)
+    write_report("pruning", report, text, args.out)
 
 
 if __name__ == "__main__":

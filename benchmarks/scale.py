@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import machine
+from common import machine, write_report
 
 HERE = Path(__file__).resolve().parent
 WINDOW = 100
@@ -304,10 +304,7 @@ def main() -> None:
     if not args.skip_sampler:
         print("timing the samplers' asks ...", flush=True)
         report["sampler_ms_per_ask"] = {n: per_window(sampler_times(args.trials, n)) for n in ("tpe", "random")}
-    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
-    text = markdown(report)
-    (args.out / f"{stem}.md").write_text(text)
-    print(text)
+    write_report(stem, report, markdown(report), args.out)
 
 
 if __name__ == "__main__":

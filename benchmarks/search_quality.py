@@ -45,7 +45,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from common import machine
+from common import machine, write_report
 
 HERE = Path(__file__).resolve().parent
 RUNNERS = ("tuner_default", "tuner_random", "keras_tuner", "ray_optuna_asha")
@@ -415,11 +415,7 @@ def main() -> None:
         order = sorted(runs, key=lambda name: (RUNNERS.index(name.partition(":")[0]), name))
         runs = {name: rounded(runs[name]) for name in order}
         report["datasets"][dataset] = {"table": score(runs, budgets), "wall_seconds": wall, "curves": runs}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "search_quality.json").write_text(json.dumps(report) + "\n")
-    text = markdown(report)
-    (args.out / "search_quality.md").write_text(text)
-    print(text)
+    write_report("search_quality", report, markdown(report), args.out, indent=None)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import machine
+from common import machine, write_report
 
 HERE = Path(__file__).resolve().parent
 RUNNERS = ("tuner", "tuner_warm", "keras_loop", "ray_optuna", "keras_tuner")
@@ -383,11 +383,7 @@ def main() -> None:
         import many_trials  # beside this file
 
         report["many"] = many_trials.run_all()
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "throughput.json").write_text(json.dumps(report, indent=2) + "\n")
-    text = markdown(report)
-    (args.out / "throughput.md").write_text(text)
-    print(text)
+    write_report("throughput", report, markdown(report), args.out)
 
 
 def markdown(report: dict[str, Any]) -> str:
