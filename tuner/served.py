@@ -24,7 +24,8 @@ class Network(PythonModel):
 
         self.network = mlflow.tensorflow.load_model(context.artifacts["network"])
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+    # No type hints: MLflow reads them as a schema to enforce (and warns at Any); the signature is the schema.
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         rows = np.asarray(model_input, dtype=np.float32)
         out = self.network.predict(rows, verbose=0)
         if not isinstance(out, dict):
