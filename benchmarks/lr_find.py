@@ -98,7 +98,7 @@ def one_seed(seed: int, trials: int, steps: list[int], root: Path) -> dict[str, 
         found = lrfind.find(spec, RunOptions(workdir=root / f"narrow-{seed}-{n}"), steps=n, log=False)
         cost_wall = time.monotonic() - started
         narrowed_file = root / f"narrowed-{seed}-{n}.yaml"
-        narrowed_file.write_text(lrfind.narrowed(source, found.suggestions))
+        narrowed_file.write_text(lrfind.narrowed(source, found.suggestions, spec))
         narrow = run(load_spec(narrowed_file), root / f"narrow-{seed}-{n}")
         narrow["reached"] = reached(narrow["values"], target)
         cost_epochs = sum(len(s.loss) + 1 for s in found.sweeps) / steps_per_epoch

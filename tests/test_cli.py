@@ -78,6 +78,10 @@ def test_launch_with_a_bad_spec_creates_nothing(path: Path, tmp_path: Path) -> N
             "error: --storage: not a database URL, e.g. sqlite:///optuna.db (got 'not a url')",
         ),
         (
+            ["--register-model", "team/mlp"],
+            "error: --register-model: must be a name without /, : or ' (got 'team/mlp')",
+        ),
+        (
             ["--resume", "--trials", "3", "--epochs", "2"],
             "error: --resume finishes the interrupted launch as it was asked for; --trials, --epochs cannot change it",
         ),

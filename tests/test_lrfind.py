@@ -88,14 +88,40 @@ def test_a_curve_that_never_falls_or_blows_up_at_once_suggests_nothing() -> None
     assert "began too high" in str(suggest(RATES, early))
 
 
+def test_a_sweep_the_blow_up_rule_cut_short_began_too_high() -> None:
+    """The sweep stops once the loss blows up: a curve of 17 of its 100 planned steps suggests nothing."""
+    short = range_test()[:17]
+    assert "began too high" in str(suggest(RATES[:17], short, planned=len(RATES)))
+
+
+def test_narrowed_keeps_fixed_rates_filters_choices_and_finds_the_data_from_anywhere(tmp_path: Path) -> None:
+    write(tmp_path / "d.csv", "a,b,y\n" + "\n".join(f"{i},{i % 7},{i % 2}" for i in range(40)) + "\n")
+    source = write(
+        tmp_path / "spec.yaml",
+        "data: {dataset: 'csv:d.csv', target: y}\n"
+        "optimizers:\n  sgd: {learning_rate: 0.1}\n  adam: {learning_rate: {choice: [0.0001, 0.003, 0.01, 0.3]}}\n",
+    )  # no study section: its name is the default
+    spec = load_spec(source)
+    suggestions = [
+        Suggestion("sgd", 0.05, 0.5, (1e-3, 10.0), "0.1 (fixed)", (), 0.1),
+        Suggestion("adam", 0.002, 0.02, (1e-6, 30.0), "{0.0001, 0.003, 0.01, 0.3}", (), 0.1),
+    ]
+    elsewhere = write(tmp_path / "other" / "narrow.yaml", narrowed(source, suggestions, spec))
+    new = load_spec(elsewhere)  # relative to its own folder, the data file would not be found
+    assert new.study.name == f"{spec.study.name}-narrowed" and new.data.path == spec.data.path
+    assert dict(new.optimizer("sgd").params)["learning_rate"] == 0.1
+    adam = dict(new.optimizer("adam").params)["learning_rate"]
+    assert adam.options == (0.003, 0.01)
+
+
 def test_narrowed_writes_a_valid_spec_with_each_suggested_range(tmp_path: Path) -> None:
     source = ROOT / "search_spaces" / "optimizers.yaml"
     suggestions = [
-        Suggestion("sgd", 0.05, 0.5, (1e-5, 100.0), (1e-3, 1.0), (), 0.1),
-        Suggestion("adam", None, None, (1e-6, 10.0), (1e-4, 0.1), (), None, note="the loss hardly fell"),
+        Suggestion("sgd", 0.05, 0.5, (1e-5, 100.0), "[0.001, 1]", (), 0.1),
+        Suggestion("adam", None, None, (1e-6, 10.0), "[0.0001, 0.1]", (), None, note="the loss hardly fell"),
     ]
-    spec = load_spec(write(tmp_path / "narrow.yaml", narrowed(source, suggestions)))
     original = load_spec(source)
+    spec = load_spec(write(tmp_path / "narrow.yaml", narrowed(source, suggestions, original)))
     assert spec.study.name == f"{original.study.name}-narrowed"
     sgd = dict(spec.optimizer("sgd").params)["learning_rate"]
     assert isinstance(sgd, Range) and (sgd.low, sgd.high, sgd.log) == (0.05, 0.5, True)
@@ -116,6 +142,7 @@ def lr_find(*args: str) -> subprocess.CompletedProcess[str]:
     [
         (["--optimizer", "nadam"], "--optimizer: "),
         (["--write", "SPEC"], "--write: give a new file"),
+        (["--write", "no/such/folder/new.yaml"], "--write: cannot write in"),
     ],
 )
 def test_bad_options_exit_2_and_create_nothing(args: list[str], message: str, tmp_path: Path) -> None:
@@ -123,6 +150,14 @@ def test_bad_options_exit_2_and_create_nothing(args: list[str], message: str, tm
     done = lr_find(str(spec), *[str(spec) if a == "SPEC" else a for a in args], "--workdir", str(tmp_path / "w"))
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_data_file_that_cannot_be_read_is_exit_2_before_anything_starts(tmp_path: Path) -> None:
+    spec = write(tmp_path / "spec.yaml", "data: {dataset: 'csv:missing.csv', target: y}\noptimizers: {adam: {}}\n")
+    done = lr_find(str(spec), "--workdir", str(tmp_path / "w"))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "missing.csv" in done.stderr and str(spec) in done.stderr, done.stderr
     assert not (tmp_path / "w").exists()
 
 

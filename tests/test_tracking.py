@@ -138,7 +138,7 @@ def test_the_best_model_is_an_mlflow_model_that_takes_raw_rows(
     assert labels == [data.classes[k] for k in probabilities.argmax(axis=1)]
     info = model.metadata
     assert info.signature is not None and info.saved_input_example_info is not None
-    assert info.metadata["classes"] == [str(c) for c in data.classes]
+    assert info.metadata["classes"] == list(data.classes)
     client = MlflowClient(runs["tracking_uri"])
     logged = client.search_logged_models([runs["experiment_id"]])
     assert [(m.source_run_id, str(m.status)) for m in logged] == [(runs["parent_run_id"], "READY")]

@@ -137,6 +137,21 @@ def _where_options(command: F, *, studies: bool = False) -> F:
     return command
 
 
+def _registered_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A registered model's name as MLflow takes it (checked here, before the study runs, not at its end)."""
+    if value is not None and (not value.strip() or any(c in value for c in "/:'")):
+        raise UsageError(f"--register-model: must be a name without /, : or ' (got {value!r})")
+    return value
+
+
+_register_model = click.option(
+    "--register-model",
+    metavar="NAME",
+    callback=_registered_name,
+    help="Register the best model as a new version of MLflow registered model NAME.",
+)
+
+
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--trials", type=click.IntRange(min=1), help="Number of trials (overrides study.trials).")
@@ -145,11 +160,7 @@ def _where_options(command: F, *, studies: bool = False) -> F:
 @click.option("--seed", type=click.IntRange(min=0), help="Seed of the sampler, the split and the trials.")
 @click.option("--name", help="Study name (overrides study.name).")
 @click.option("--resume", is_flag=True, help="Finish the study's interrupted last launch instead (see tuner resume).")
-@click.option(
-    "--register-model",
-    metavar="NAME",
-    help="Register the best model as a new version of MLflow registered model NAME.",
-)
+@_register_model
 @_run_options
 def launch(
     spec: str,
@@ -165,21 +176,17 @@ def launch(
     """Run the study SPEC describes and print its best trials."""
     overrides = {"trials": trials, "concurrency": concurrency, "epochs": epochs, "seed": seed}
     given = [f"--{key}" for key, value in overrides.items() if value is not None]
-    if register_model is not None:
-        given.append("--register-model")
     if resume and given:
         raise UsageError(
             f"--resume finishes the interrupted launch as it was asked for; {', '.join(given)} cannot change it"
         )
     loaded = load_spec(spec).override(**overrides, name=name)
-    if resume:
-        _run(loaded.study.name, None, **run)
-    else:
-        _run(loaded.study.name, loaded, register_model=register_model, **run)
+    _run(loaded.study.name, None if resume else loaded, register_model=register_model, **run)
 
 
 @main.command()
 @click.argument("name")
+@_register_model
 @_run_options
 def resume(name: str, **run: Any) -> None:
     """Finish study NAME's last launch after it was interrupted (Ctrl-C, a crash, kill -9).
@@ -269,7 +276,7 @@ def _run(name: str, spec: Any, *, as_json: bool, verbose: bool, workdir: str, **
     help="Write the spec with each learning_rate narrowed to its suggestion.",
 )
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="Sweeps per optimizer.")
-@click.option("--steps", type=click.IntRange(min=20), default=100, show_default=True, help="Batches per sweep.")
+@click.option("--steps", type=click.IntRange(min=50), default=100, show_default=True, help="Batches per sweep.")
 @_where_options
 def lr_find(
     spec: str,
@@ -291,8 +298,15 @@ def lr_find(
     for name in optimizers:
         if name not in known:
             raise UsageError(f"--optimizer: {spec} has no optimizer {name!r} (it has {', '.join(known)})")
-    if write is not None and os.path.abspath(write) == os.path.abspath(spec):
-        raise UsageError("--write: give a new file; the spec itself is left as it is")
+    if write is not None:
+        if os.path.abspath(write) == os.path.abspath(spec):
+            raise UsageError("--write: give a new file; the spec itself is left as it is")
+        folder = os.path.dirname(os.path.abspath(write))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise UsageError(f"--write: cannot write in {folder} (got {write!r})")
+        from tuner.lrfind import narrowed
+
+        narrowed(spec, (), loaded)  # the new spec's document can be made: checked before the sweeps, not after
     workdir = where.pop("workdir")
     served = _service(workdir, where.get("address"), verbose)
     from tuner import lrfind
@@ -305,7 +319,7 @@ def lr_find(
         click.echo(_mlflow_line(result.mlflow, result.study, workdir, run="run lr-find"))
     if write is not None:
         with open(write, "w", encoding="utf-8") as f:
-            f.write(lrfind.narrowed(spec, result.suggestions))
+            f.write(lrfind.narrowed(spec, result.suggestions, loaded))
         click.echo(f"wrote {write}")
     if as_json:
         click.echo(json.dumps(result.to_json()))

@@ -116,7 +116,8 @@ class Engine:
         self._train = self._compiled
         self._keras: keras.optimizers.Optimizer | None = None  # a trial of an optimizer without a rule here
         self._eval = tf.function(self._evaluate, reduce_retracing=True)
-        self._sweep = tf.function(self._sweep_rates, reduce_retracing=True)
+        self._compiled_sweep = tf.function(self._sweep_rates, reduce_retracing=True)
+        self._sweep = self._compiled_sweep
 
     # -- a new trial
 
@@ -132,11 +133,12 @@ class Engine:
             var.assign(float(values.get(key) or 0.0))
         if name in COMPILED:
             self.optimizer.assign(COMPILED.index(name))
-            self._keras, self._train = None, self._compiled
-        else:
+            self._keras, self._train, self._sweep = None, self._compiled, self._compiled_sweep
+        else:  # traced for this trial's Keras optimizer, which the graphs capture
             self._keras = build_optimizer(name, params)
             self._keras.build(self.weights)
             self._train = tf.function(self._train_epoch, reduce_retracing=True)
+            self._sweep = tf.function(self._sweep_rates, reduce_retracing=True)
         self.nesterov.assign(bool(values.get("nesterov", False)))
         self.amsgrad.assign(bool(values.get("amsgrad", False)))
         self.iterations.assign(0)
@@ -333,11 +335,12 @@ def export(net: keras.Model, data: Dataset, path: str | os.PathLike[str]) -> Non
     """Write a trained network as an MLflow Model at ``path`` that works on rows as the data has them.
 
     The network: standardisation inside (a ``Normalization`` layer with the training part's mean and scale),
-    then the trained layers, and for classification the user's class labels beside the probabilities
-    (``{"label": ..., "probabilities": ...}``, the columns in the order of ``classes`` in the metadata): an
-    MLflow Model of the Keras flavour, with a signature and an input example (five raw validation rows). It is
-    wrapped in a pyfunc (:mod:`tuner.served`, a model from code) that returns what it returns, text labels as
-    text rather than the bytes TensorFlow gives (which MLflow's scoring server would send base64-encoded).
+    then the trained layers; it returns the probabilities per class (classification) or the prediction. It is
+    an MLflow Model of the Keras flavour, with a signature and an input example (five raw validation rows),
+    kept as the artifact ``network`` of a pyfunc (:mod:`tuner.served`, a model from code) that returns the
+    user's class labels beside the probabilities: ``{"label": [...], "probabilities": [[...]]}``. The labels are
+    mapped in Python from ``classes`` (in the model's config and metadata), so that any label the data had
+    (``-1``, ``True``, ``"[UNK]"``) comes back as it was.
     """
     import tempfile
 
@@ -350,44 +353,33 @@ def export(net: keras.Model, data: Dataset, path: str | os.PathLike[str]) -> Non
     copy.set_weights(net.get_weights())
     features = keras.Input((data.n_features,), name="features")
     scaled = keras.layers.Normalization(mean=data.mean, variance=np.square(data.scale), name="standardise")(features)
-    output = copy(scaled)
-    if data.task == "classification":
-        index = keras.ops.argmax(output, axis=-1)
-        if all(isinstance(c, int) for c in data.classes):
-            lookup: keras.layers.Layer = keras.layers.IntegerLookup(
-                vocabulary=list(data.classes), invert=True, num_oov_indices=0, name="label"
-            )
-        else:
-            lookup = keras.layers.StringLookup(
-                vocabulary=[str(c) for c in data.classes], invert=True, num_oov_indices=0, name="label"
-            )
-        outputs: Any = {"label": lookup(index), "probabilities": output}
-    else:
-        outputs = output
-    model = keras.Model(features, outputs, name="tuner_best")
+    model = keras.Model(features, copy(scaled), name="tuner_best")
     example = data.raw(data.x_val[:5])
-    raw = model(example)
-    predicted: Any = {k: np.asarray(v) for k, v in raw.items()} if isinstance(raw, dict) else np.asarray(raw)
-    metadata = {"task": data.task, "classes": [str(c) for c in data.classes], "dataset": data.name}
+    predicted: Any = np.asarray(model(example))
+    classes = list(data.classes)
     # Given, not inferred: inferring them loads the model again in a subprocess, seconds a trial.
     requirements = [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}"]
     with tempfile.TemporaryDirectory() as directory:
         network = os.path.join(directory, "network")
-        signature = infer_signature(example, predicted)
         mlflow.tensorflow.save_model(
-            model, network, signature=signature, input_example=example, pip_requirements=requirements
+            model,
+            network,
+            signature=infer_signature(example, predicted),
+            input_example=example,
+            pip_requirements=requirements,
         )
-        if isinstance(predicted, dict):
-            labels = [v.decode() if isinstance(v, bytes) else v.item() for v in predicted["label"].ravel()]
-            predicted = {"label": np.asarray(labels), "probabilities": predicted["probabilities"]}
+        if data.task == "classification":
+            labels = np.asarray([classes[k] for k in predicted.argmax(axis=1)])
+            predicted = {"label": labels, "probabilities": predicted}
         mlflow.pyfunc.save_model(
             str(path),
             python_model=str(Path(__file__).with_name("served.py")),
             artifacts={"network": network},
+            model_config={"classes": classes},
             signature=infer_signature(example, predicted),
             input_example=example,
             pip_requirements=requirements,
-            metadata=metadata,
+            metadata={"task": data.task, "classes": classes, "dataset": data.name},
         )
 
 

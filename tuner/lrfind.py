@@ -83,7 +83,7 @@ class Suggestion:
     low: float | None
     high: float | None
     swept: tuple[float, float]
-    searched: tuple[float, float] | None  # the spec's range of learning rates, if it searches one
+    spec: str  # the spec's learning rate, in words: a range, a choice, a fixed value or Keras' default
     seeds: tuple[tuple[float, float] | None, ...]
     spread_decades: float | None  # how far apart the seeds' ends lie, at most, in decades
     note: str = ""
@@ -143,13 +143,14 @@ def _smoothed(sweep: Sweep) -> tuple[Sequence[float], np.ndarray]:
     return sweep.rates[:finite], smooth(sweep.loss[:finite], _window(sweep.rates)) if finite else np.array([])
 
 
-def suggest(rates: Sequence[float], loss: Sequence[float]) -> tuple[float, float] | str:
-    """The ``[low, high]`` one sweep suggests (see the module's rule), or why it suggests nothing."""
+def suggest(rates: Sequence[float], loss: Sequence[float], planned: int | None = None) -> tuple[float, float] | str:
+    """The ``[low, high]`` one sweep suggests (see the module's rule), or why it suggests nothing. ``planned``:
+    the steps the sweep was to take (it stops early when the loss blows up); by default ``len(rates)``."""
     if len(rates) < 2:
         return "nothing was swept"
     finite = _finite(loss)
     window = _window(rates)
-    if finite < max(3 * window, len(rates) // 4):
+    if finite < max(3 * window, (planned or len(rates)) // 4):
         return f"the loss blew up at lr {rates[max(finite - 1, 0)]:.2g}, early in the sweep: it began too high"
     curve = smooth(loss[:finite], window)
     start = float(np.median(loss[: 2 * window]))
@@ -165,18 +166,29 @@ def suggest(rates: Sequence[float], loss: Sequence[float]) -> tuple[float, float
     return low, max(low, high)
 
 
-def _combine(optimizer: str, sweeps: list[Sweep], swept: tuple[float, float], searched: Any) -> Suggestion:
-    found = [suggest(s.rates, s.loss) for s in sweeps]
+def _combine(optimizer: str, sweeps: list[Sweep], rates: np.ndarray, spec: str) -> Suggestion:
+    """The suggestion of one optimizer's sweeps, all planned over ``rates``; ``spec``: its rate in the spec."""
+    swept = _round(float(rates[0])), _round(float(rates[-1]))
+    found = [suggest(s.rates, s.loss, len(rates)) for s in sweeps]
     ranges = [f for f in found if isinstance(f, tuple)]
     seeds = tuple(f if isinstance(f, tuple) else None for f in found)
     if len(ranges) * 2 <= len(found):  # most seeds suggest nothing: say why, as the first of them says
         reason = next(f for f in found if isinstance(f, str))
-        return Suggestion(optimizer, None, None, swept, searched, seeds, None, note=reason)
+        return Suggestion(optimizer, None, None, swept, spec, seeds, None, note=reason)
     low = float(np.median([r[0] for r in ranges]))
     high = float(np.median([r[1] for r in ranges]))
     spread = max(math.log10(max(r[i] for r in ranges) / min(r[i] for r in ranges)) for i in (0, 1))
-    note = "" if len(ranges) == len(found) else f"{len(found) - len(ranges)} of {len(found)} seeds suggest nothing"
-    return Suggestion(optimizer, _round(low), _round(max(low, high)), swept, searched, seeds, round(spread, 2), note)
+    notes = [] if len(ranges) == len(found) else [f"{len(found) - len(ranges)} of {len(found)} seeds suggest nothing"]
+    if any(_still_falling(s, len(rates)) for s in sweeps):
+        notes.append("the loss still fell at the top of the sweep: higher rates may train too")
+    low, high = _round(low), _round(max(low, high))
+    return Suggestion(optimizer, low, high, swept, spec, seeds, round(spread, 2), "; ".join(notes))
+
+
+def _still_falling(sweep: Sweep, planned: int) -> bool:
+    """Whether a sweep ran to its end without the loss turning up: its lowest point in its last window."""
+    rates, curve = _smoothed(sweep)
+    return len(sweep.loss) >= planned - 1 and len(curve) > 0 and int(np.argmin(curve)) >= len(curve) - _window(rates)
 
 
 def _round(value: float) -> float:
@@ -186,13 +198,16 @@ def _round(value: float) -> float:
 # -- what is swept
 
 
-def _learning_rates(value: Value | None, default: float) -> tuple[float, float] | None:
-    """The lowest and highest learning rate a spec's value allows (``None``: it is fixed or left out)."""
+def _learning_rates(value: Value | None, default: float) -> tuple[float, float, str]:
+    """The lowest and highest learning rate a spec's value allows, and the value in words."""
     if isinstance(value, Range):
-        return float(value.low), float(value.high)
+        return float(value.low), float(value.high), f"[{value.low:g}, {value.high:g}]"
     if isinstance(value, Choice):
-        return float(min(value.options)), float(max(value.options))
-    return None
+        low, high = float(min(value.options)), float(max(value.options))
+        return low, high, "{" + ", ".join(f"{v:g}" for v in value.options) + "}"
+    if isinstance(value, (int, float)):
+        return float(value), float(value), f"{value:g} (fixed)"
+    return default, default, f"{default:g} (Keras' default)"
 
 
 def _representative(value: Value) -> Any:
@@ -204,20 +219,18 @@ def _representative(value: Value) -> Any:
     return value
 
 
-def _plan(spec: Spec, optimizer: str, steps: int) -> tuple[dict[str, Any], np.ndarray, tuple[float, float] | None]:
+def _plan(spec: Spec, optimizer: str, steps: int) -> tuple[dict[str, Any], np.ndarray, str]:
     """One optimizer's sweep: the trial configuration (the spec's fixed values, Keras' defaults for the rest),
-    the learning rates, and the spec's range of them."""
+    the learning rates, and the spec's learning rate in words."""
     entry = spec.optimizer(optimizer)
     params = dict(entry.params)
     default = float(OPTIMIZERS[optimizer].hyperparameter("learning_rate").default)
-    searched = _learning_rates(params.get("learning_rate"), default)
-    fixed_rate = params.get("learning_rate")
-    low, high = searched or ((float(fixed_rate),) * 2 if isinstance(fixed_rate, (int, float)) else (default, default))
+    low, high, words = _learning_rates(params.get("learning_rate"), default)
     rates = np.geomspace(low / 10**MARGIN_DECADES, high * 10**MARGIN_DECADES, steps)
     hyper = {k: v for k, v in params.items() if k != "learning_rate" and not isinstance(v, (Range, Choice))}
     config = {k: _representative(v) for k, v in spec.model_values()}
     config.update(optimizer=optimizer, **{optimizer: hyper})
-    return config, rates, searched
+    return config, rates, words
 
 
 # -- running it
@@ -248,8 +261,8 @@ def find(
 
     names = list(optimizers or [o.name for o in spec.optimizers])
     started = time.monotonic()
+    dataset = load_dataset(spec.data, seed=spec.study.seed, source=spec.source)  # a bad file: before Ray starts
     with runner.connected(options) as (stores, signals):
-        dataset = load_dataset(spec.data, seed=spec.study.seed, source=spec.source)
         cpus = spec.resources.cpus_per_trial
         if ray.cluster_resources().get("CPU", 0) < cpus:
             raise TunerError(
@@ -279,17 +292,12 @@ def find(
             # The i-th loss was measured after the steps at rates[:i]: it belongs to rates[i - 1].
             sweeps.append(Sweep(name, seed, tuple(rates[: len(loss) - 1].tolist()), tuple(loss[1:].tolist())))
         suggestions = tuple(
-            _combine(name, [s for s in sweeps if s.optimizer == name], _swept(plans[name][1]), plans[name][2])
-            for name in names
+            _combine(name, [s for s in sweeps if s.optimizer == name], plans[name][1], plans[name][2]) for name in names
         )
         result = LrFind(spec.study.name, suggestions, tuple(sweeps), steps, time.monotonic() - started)
         if log:
             result = _record(result, spec, stores, options)
     return result
-
-
-def _swept(rates: np.ndarray) -> tuple[float, float]:
-    return _round(float(rates[0])), _round(float(rates[-1]))
 
 
 def _record(result: LrFind, spec: Spec, stores: Any, options: Any) -> LrFind:
@@ -298,7 +306,7 @@ def _record(result: LrFind, spec: Spec, stores: Any, options: Any) -> LrFind:
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
-    from tuner import sending, tracking
+    from tuner import runner, sending, tracking
 
     warn = options.warn or (lambda text: None)
     try:
@@ -308,7 +316,8 @@ def _record(result: LrFind, spec: Spec, stores: Any, options: Any) -> LrFind:
             local = not stores.tracking_store.startswith(("http://", "https://"))
             artifacts = stores.workdir / "mlartifacts" if local else None
             stores.workdir.mkdir(parents=True, exist_ok=True)
-            experiment_id = tracking.study_experiment(client, spec.study.name, artifacts)
+            with runner.creating(stores.tracking_uri):  # a launch may be making the same fresh store
+                experiment_id = tracking.study_experiment(client, spec.study.name, artifacts)
             run = client.create_run(
                 experiment_id, run_name="lr-find", tags={"tuner.study": spec.study.name, "tuner.kind": "lr-find"}
             )
@@ -351,12 +360,11 @@ def _param(key: str, value: Any) -> Any:
 
 def table(result: LrFind) -> str:
     """The terminal's table: per optimizer, what was swept, the spec's range, the suggestion, the seeds."""
-    rows = [("optimizer", "swept", "spec searches", "suggested", "seeds agree within", "")]
+    rows = [("optimizer", "swept", "the spec's rate", "suggested", "seeds agree within", "")]
     for s in result.suggestions:
-        searched = f"[{s.searched[0]:g}, {s.searched[1]:g}]" if s.searched else "(fixed)"
         suggested = f"[{s.low:g}, {s.high:g}]" if s.low is not None else "-"
         spread = f"{s.spread_decades:.2f} decades" if s.spread_decades is not None else "-"
-        rows.append((s.optimizer, f"[{s.swept[0]:g}, {s.swept[1]:g}]", searched, suggested, spread, s.note))
+        rows.append((s.optimizer, f"[{s.swept[0]:g}, {s.swept[1]:g}]", s.spec, suggested, spread, s.note))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     seconds = f"{len(result.sweeps)} sweeps in {result.seconds:.0f} s"
@@ -389,9 +397,9 @@ def plot(result: LrFind, path: Path) -> None:
             ax.plot(smoothed[0][0][:n], median, color="black", lw=1.5, label="smoothed, median of seeds")
         if s.low is not None and s.high is not None:
             ax.axvspan(s.low, s.high, color="tab:green", alpha=0.2, label=f"suggested [{s.low:g}, {s.high:g}]")
-        if s.searched:
-            for i, end in enumerate(s.searched):
-                ax.axvline(end, color="gray", ls=":", lw=1, label="the spec's range" if i == 0 else None)
+        ends = {s.swept[0] * 10**MARGIN_DECADES, s.swept[1] / 10**MARGIN_DECADES}  # what the sweep was made from
+        for i, end in enumerate(sorted(ends)):
+            ax.axvline(end, color="gray", ls=":", lw=1, label="the spec's rate" if i == 0 else None)
         ax.set_xscale("log")
         ax.set_ylim(0, top or None)
         ax.set_xlabel("learning rate")
@@ -403,20 +411,31 @@ def plot(result: LrFind, path: Path) -> None:
     plt.close(fig)
 
 
-def narrowed(source: str | Path, suggestions: Sequence[Suggestion]) -> str:
-    """The spec file ``source`` with each suggested optimizer's ``learning_rate`` narrowed to its suggestion
-    (a log range) and the study renamed ``NAME-narrowed``, as YAML text; checked by the spec's own rules before
-    it is returned."""
+def narrowed(source: str | Path, suggestions: Sequence[Suggestion], spec: Spec) -> str:
+    """The spec file ``source`` (loaded as ``spec``) with each searched ``learning_rate`` narrowed to its
+    optimizer's suggestion, as YAML text, checked by the spec's own rules before it is returned.
+
+    A range becomes the suggested log range; a choice keeps the options within it (all of them if none is); a
+    fixed or unset rate stays as it is. The study is renamed ``NAME-narrowed`` (Optuna refuses a study whose
+    search space changed under the same name), and a data file's path is written whole, so that the new file
+    reads the same data wherever it is saved.
+    """
     doc = yaml.safe_load(Path(source).read_text(encoding="utf-8"))
     for s in suggestions:
-        if s.low is None or s.high is None:
-            continue
         params = doc["optimizers"].get(s.optimizer) or {}
-        low, high = (s.low, s.high) if s.high > s.low else (s.low / 1.5, s.low * 1.5)
-        params["learning_rate"] = {"low": low, "high": high, "log": True}
+        rate = params.get("learning_rate")
+        if s.low is None or s.high is None or not isinstance(rate, dict):
+            continue
+        if "choice" in rate:
+            within = [v for v in rate["choice"] if s.low <= v <= s.high]
+            rate["choice"] = within or rate["choice"]
+        else:
+            low, high = (s.low, s.high) if s.high > s.low else (s.low / 1.5, s.low * 1.5)
+            params["learning_rate"] = {"low": low, "high": high, "log": True}
         doc["optimizers"][s.optimizer] = params
-    # A study of its own: Optuna refuses a study whose search space changed under the same name.
-    doc["study"]["name"] = f"{doc['study']['name']}-narrowed"
+    doc.setdefault("study", {})["name"] = f"{spec.study.name}-narrowed"
+    if spec.data.path is not None:
+        doc["data"]["dataset"] = f"{spec.data.dataset}:{spec.data.path}"
     text = f"# {Path(source).name}, with each learning_rate narrowed by tuner lr-find\n"
     text += yaml.safe_dump(doc, sort_keys=False, default_flow_style=None)
     with tempfile.TemporaryDirectory() as directory:

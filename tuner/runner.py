@@ -43,7 +43,7 @@ from tuner.service import Service
 from tuner.spec import Spec, parse_spec
 from tuner.trainable import STOP_REASON, WORKER_ENV, train_trial
 
-__all__ = ["RunOptions", "connected", "resume_study", "run_study"]
+__all__ = ["RunOptions", "connected", "creating", "resume_study", "run_study"]
 
 #: Set by Ray in a job's driver (its job configuration, runtime environment included).
 JOB_CONFIG_VARIABLE = "RAY_JOB_CONFIG_JSON_ENV_VAR"
@@ -244,8 +244,8 @@ def _execute(spec: Spec, plan: _Plan, options: RunOptions) -> StudyResult:
     runs["parent_run_id"] = tracker.parent_run_id
     if model_uri:
         runs["model_uri"] = model_uri
-        if options.register_model:
-            runs["registered_model"] = options.register_model
+        if tracker.registering:  # queued: a new version once the outbox sends it
+            runs["registered_model"] = tracker.registering
     return dataclasses.replace(result, wall_seconds=time.monotonic() - started, mlflow=runs, unsent_records=unsent)
 
 
@@ -254,8 +254,8 @@ def connected(options: RunOptions) -> Iterator[tuple[_Stores, list[int]]]:
     """Ray, started or reached as a launch does (the same address, service and settings), and the stores a
     launch would use, for work on the cluster besides a study (``tuner lr-find``). Yields the stores and the
     SIGTERMs received, at which the work should stop (raise :class:`Terminated`). Ray stops afterwards if this
-    started it."""
-    stores = _locate(options)
+    started it. Work done here runs its driver's code in this process, even through Ray Client."""
+    stores = _locate(options, study=False)
     with _process_settings(options.verbose), _sigterm_as_ctrl_c() as received:
         ray_thread = None if ray.is_initialized() else _RayThread(stores.address, options.verbose)
         try:
@@ -311,7 +311,7 @@ class _Session:
     signals: list[int]  # each SIGTERM received: Ray Tune's loop stops at the next step
 
 
-def _locate(options: RunOptions) -> _Stores:
+def _locate(options: RunOptions, *, study: bool = True) -> _Stores:
     """The launch's stores as the options name them, each checked before anything is created.
 
     Raises:
@@ -328,7 +328,8 @@ def _locate(options: RunOptions) -> _Stores:
     through = served is not None and not (address or "").startswith("ray://")
     tracking_uri = served.url_for(store) if through and served is not None else store
     tracking.check_reachable(tracking_uri)
-    _check_remote_driver(address, storage_url, store)
+    if study:  # Ray Client runs a study's loop on the cluster's head, beside its stores
+        _check_remote_driver(address, storage_url, store)
     return _Stores(workdir, storage_url, tracking_uri, store, address)
 
 
@@ -444,7 +445,7 @@ def _prepare(
     """Everything a study needs besides Ray: the data, the Optuna storage, the MLflow records."""
     dataset = load_dataset(spec.data, seed=spec.study.seed, source=spec.source)
     stores.workdir.mkdir(parents=True, exist_ok=True)
-    with _creating(stores.storage_url, stores.tracking_uri):
+    with creating(stores.storage_url, stores.tracking_uri):
         storage = open_storage(stores.storage_url)
         check_compatible(storage, spec)
         # The store's kind, not the address's: through tuner up's server, experiments keep the artifact
@@ -467,7 +468,7 @@ def _prepare(
 
 
 @contextlib.contextmanager
-def _creating(*urls: str) -> Iterator[None]:
+def creating(*urls: str) -> Iterator[None]:
     """One launch at a time creates or opens the SQLite stores among ``urls``: Optuna and MLflow each create
     their tables on first use, and two launches doing it at once into a fresh work directory collide ("table
     alembic_version already exists"). A hidden lock file beside each database; the system drops the lock if a

@@ -113,7 +113,9 @@ class Sender:
             with contextlib.suppress(MlflowException):  # it exists: a new version of it
                 self.client.create_registered_model(name)
             if not (sent_before and self.client.search_model_versions(f"name = '{name}' AND run_id = '{run_id}'")):
-                self.client.create_model_version(name, model.artifact_location, run_id, model_id=model.model_id)
+                self.client.create_model_version(
+                    name, model.artifact_location, run_id, model_id=model.model_id, await_creation_for=0
+                )
         return str(model.model_id)
 
     def _run_id(self, run: str) -> str:

@@ -2,9 +2,9 @@
 model and runs it there, so that serving needs MLflow and Keras, not tuner). tuner never imports it.
 
 It wraps the trained network, an MLflow Model of the Keras flavour in the artifact ``network``
-(:func:`tuner.engine.export`), and returns what that network returns, ``{"label": ..., "probabilities": ...}``
-for classification, the prediction for regression, with one change: TensorFlow gives text labels as bytes,
-which MLflow's scoring server would send base64-encoded; they are returned as text.
+(:func:`tuner.engine.export`), which takes rows as the data has them and returns the probabilities per class
+(or the prediction, for regression). For classification it adds the user's class labels, mapped from the
+``classes`` of its model config: ``{"label": [...], "probabilities": [[...]]}``.
 """
 
 from __future__ import annotations
@@ -23,15 +23,14 @@ class Network(PythonModel):
         import mlflow.tensorflow
 
         self.network = mlflow.tensorflow.load_model(context.artifacts["network"])
+        self.classes = list((context.model_config or {}).get("classes") or [])
 
     # No type hints: MLflow reads them as a schema to enforce (and warns at Any); the signature is the schema.
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
-        rows = np.asarray(model_input, dtype=np.float32)
-        out = self.network.predict(rows, verbose=0)
-        if not isinstance(out, dict):
-            return np.asarray(out)
-        labels = [v.decode() if isinstance(v, bytes) else v.item() for v in np.asarray(out["label"]).ravel()]
-        return {"label": labels, "probabilities": np.asarray(out["probabilities"])}
+        out = np.asarray(self.network.predict(np.asarray(model_input, dtype=np.float32), verbose=0))
+        if not self.classes:
+            return out
+        return {"label": [self.classes[k] for k in out.argmax(axis=1)], "probabilities": out}
 
 
 set_model(Network())

@@ -215,6 +215,8 @@ class Tracker:
         #: The training data as an MLflow dataset (``mlflow.data.Dataset.to_dict``): every run's input.
         self.dataset = dataset
         self.register_model = register_model
+        #: The registered model the best model was queued to become a version of, if it was.
+        self.registering: str | None = None
         self.warn = warn or (lambda text: None)
         self.client = MlflowClient(tracking_uri=uri)
         #: The study's curves, which the search records; an interrupted launch's earlier ones are added here.
@@ -470,6 +472,7 @@ class Tracker:
                         "register": self.register_model,
                     }
                 )
+                self.registering = self.register_model
         self._put_batch("parent", metrics=metrics, tags=tags)
         if files is not None:
             kept = self.outbox.file(files)

@@ -6,6 +6,7 @@ It never talks to Optuna or MLflow; the driver turns its reports into trial stat
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 import time
@@ -65,7 +66,10 @@ def train_trial(config: dict[str, Any], data: Dataset, *, threads: int = 1, prun
             snapshot.write(directory)
             if epoch == epochs:
                 snapshot.save_model(os.path.join(directory, MODEL_FILE))
-                engine.export(snapshot.engine.net, data, os.path.join(directory, EXPORT_DIR))
+                try:
+                    engine.export(snapshot.engine.net, data, os.path.join(directory, EXPORT_DIR))
+                except Exception:  # the trial stands without its MLflow Model (the study's best then has none)
+                    logging.getLogger(__name__).warning("the MLflow Model was not written", exc_info=True)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
     divergence = Divergence(pruning.max_ratio, pruning.patience) if pruning else None
