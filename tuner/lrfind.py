@@ -312,12 +312,9 @@ def _record(result: LrFind, spec: Spec, stores: Any, options: Any) -> LrFind:
     try:
         with sending.client_settings():
             client = MlflowClient(tracking_uri=stores.tracking_uri)
-            # The store's kind decides where artifacts go, as for a launch (runner._prepare).
-            local = not stores.tracking_store.startswith(("http://", "https://"))
-            artifacts = stores.workdir / "mlartifacts" if local else None
             stores.workdir.mkdir(parents=True, exist_ok=True)
             with runner.creating(stores.tracking_uri):  # a launch may be making the same fresh store
-                experiment_id = tracking.study_experiment(client, spec.study.name, artifacts)
+                experiment_id = tracking.study_experiment(client, spec.study.name, stores.artifact_root)
             run = client.create_run(
                 experiment_id, run_name="lr-find", tags={"tuner.study": spec.study.name, "tuner.kind": "lr-find"}
             )
@@ -345,7 +342,7 @@ def _record(result: LrFind, spec: Spec, stores: Any, options: Any) -> LrFind:
     except Exception as exc:  # the suggestion stands without its record
         warn(f"mlflow: the lr-find run was not recorded: {sending.first_line(exc)}")
         return result
-    runs = {"tracking_uri": stores.tracking_store, "experiment_id": experiment_id, "run_id": run_id}
+    runs = {"tracking_uri": stores.tracking_uri, "experiment_id": experiment_id, "run_id": run_id}  # as a launch says
     return dataclasses.replace(result, mlflow=runs)
 
 

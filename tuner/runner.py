@@ -299,6 +299,15 @@ class _Stores:
     tracking_store: str  # the store they end in, which the launch records: the same, or what a service serves
     address: str | None  # Ray's; None: a local Ray of the launch's own
 
+    @property
+    def artifact_root(self) -> Path | None:
+        """Where a new experiment keeps its artifacts: ``WORKDIR/mlartifacts`` for a local store, the server's
+        choice (``None``) for a server. The store's kind, not the address's: through tuner up's server,
+        experiments keep the location a launch without it gives them, so that either kind of launch can log to
+        them later."""
+        local = not self.tracking_store.startswith(("http://", "https://"))
+        return self.workdir / "mlartifacts" if local else None
+
 
 @dataclass(frozen=True)
 class _Session:
@@ -448,15 +457,11 @@ def _prepare(
     with creating(stores.storage_url, stores.tracking_uri):
         storage = open_storage(stores.storage_url)
         check_compatible(storage, spec)
-        # The store's kind, not the address's: through tuner up's server, experiments keep the artifact
-        # location a launch without it gives them, so that either kind of launch can log to them later.
-        local_store = not stores.tracking_store.startswith(("http://", "https://"))
-        artifacts = stores.workdir / "mlartifacts" if local_store else None
         tracker = tracking.Tracker(
             spec,
             stores.tracking_uri,
             workdir=stores.workdir,
-            artifact_root=artifacts,
+            artifact_root=stores.artifact_root,
             warn=warn,
             parent_run_id=parent_run_id,
             curves=curves,
